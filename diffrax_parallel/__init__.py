@@ -6,9 +6,33 @@ from ._lineax import (
     affine_recurrence as affine_recurrence,
     BlockBidiagonal as BlockBidiagonal,
     BlockBidiagonalOperator as BlockBidiagonalOperator,
+    BlockBidiagonalRichardson as BlockBidiagonalRichardson,
     lower_block_bidiagonal_tag as lower_block_bidiagonal_tag,
     unit_block_diagonal_tag as unit_block_diagonal_tag,
     upper_block_bidiagonal_tag as upper_block_bidiagonal_tag,
+)
+from ._lyapunov import (
+    estimate_lyapunov_exponent as estimate_lyapunov_exponent,
+    estimate_lyapunov_exponent_from_jacobians as estimate_lyapunov_exponent_from_jacobians,
+    is_predictable as is_predictable,
+    LyapunovEstimate as LyapunovEstimate,
+    suggest_num_micro_steps as suggest_num_micro_steps,
+)
+from ._optimistix import (
+    AbstractParallelNewton as AbstractParallelNewton,
+    AbstractTrustRegionNewton as AbstractTrustRegionNewton,
+    DEER as DEER,
+    ELK as ELK,
+    ImplicitScanAdjoint as ImplicitScanAdjoint,
+    Jacobi as Jacobi,
+    kalman_smoother as kalman_smoother,
+    levenberg_marquardt_step as levenberg_marquardt_step,
+    Picard as Picard,
+    QuasiDEER as QuasiDEER,
+    QuasiELK as QuasiELK,
+    RecurrenceSolution as RecurrenceSolution,
+    RESULTS as RESULTS,
+    solve_recurrence as solve_recurrence,
 )
 
 

@@ -90,11 +90,14 @@ def recover_block_diagonals(
     structure: StateStructure,
     *,
     unit_diagonal: bool,
+    transposed: bool = False,
 ) -> tuple[Inexact[Array, "num_steps-1 d"], Inexact[Array, "num_steps d"] | None]:
-    """Recovers the diagonals of the blocks of a block lower-bidiagonal operator.
+    """Recovers the diagonals of the blocks of a block-bidiagonal operator.
 
     Uses the same colouring as `recover_blocks`, but loops over the `d` unit vectors so
-    that memory stays at O(T d) rather than O(T d^2).
+    that memory stays at O(T d) rather than O(T d^2). With `transposed=True` the
+    operator is block upper-bidiagonal; transposing a block keeps its diagonal, so the
+    diagonals returned are those of the blocks of the lower operator in both cases.
 
     **Returns:**
 
@@ -118,7 +121,10 @@ def recover_block_diagonals(
         return other_parity, same_parity
 
     lower_entries, diagonal_entries = lax.map(entries_for, jnp.arange(size))
-    lower = jnp.transpose(lower_entries)[1:]
+    # Lower: output t couples to input t - 1 through L_t. Upper: output t couples to
+    # input t + 1 through L_{t+1}^T.
+    lower_entries = jnp.transpose(lower_entries)
+    lower = lower_entries[:-1] if transposed else lower_entries[1:]
     if unit_diagonal:
         return lower, None
     return lower, jnp.transpose(diagonal_entries)

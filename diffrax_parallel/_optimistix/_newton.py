@@ -1,0 +1,363 @@
+"""DEER, QuasiDEER, Picard and Jacobi: parallel Newton-type root finders.
+
+Each iteration linearises the stacked residual `r(y)_t = g_t(y_t, y_{t-1})` around the
+current iterate and solves the block-bidiagonal system `J̃ δ = -r` by a scan over time.
+The methods differ only in the approximation `J̃` of the Jacobian.
+"""
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import lineax as lx
+import optimistix as optx
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree, Scalar
+
+from .._lineax import (
+    BlockBidiagonal,
+    BlockBidiagonalOperator,
+    ScanMode,
+    state_structure,
+    StateStructure,
+    unit_block_diagonal_tag,
+)
+from ._jacobian import JacobianKind, linearise
+
+
+def default_tolerance(dtype: Any) -> float:
+    """The default `rtol` and `atol` for states of this dtype: `100 eps`.
+
+    The residual `y_t - f_t(y_{t-1})` of a converged iterate is a rounding error of
+    size a few `eps |y|`, so this tolerance is reachable in float32 as in float64.
+    """
+    return 100 * float(jnp.finfo(dtype).eps)
+
+
+def scaled_norm(
+    norm: Callable[[PyTree], Scalar],
+    values: PyTree[Array],
+    y: PyTree[Array],
+    rtol: float,
+    atol: float,
+) -> Scalar:
+    """Returns `norm(values / (atol + rtol |y|))`, the optimistix error measure."""
+    scaled = jtu.tree_map(lambda v, s: v / (atol + rtol * jnp.abs(s)), values, y)
+    return norm(scaled)
+
+
+def tree_all_finite(tree: PyTree[Array]) -> Bool[Array, ""]:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jtu.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+class _NewtonFn(eqx.Module):
+    """`y -> (residual, aux)`, with `args` closed over."""
+
+    fn: Callable
+    args: PyTree
+
+    def __call__(self, y):
+        return self.fn(y, self.args)
+
+
+class ParallelNewtonState(eqx.Module):
+    """The state of a parallel Newton iteration, linearised at the current iterate."""
+
+    residual: PyTree[Array]
+    jacobian: BlockBidiagonalOperator
+    residual_size: Scalar
+    converged: Bool[Array, ""]
+    result: optx.RESULTS
+    num_nonfinite_steps: Int[Array, ""]
+    key: PRNGKeyArray
+
+
+class AbstractParallelNewton(optx.AbstractRootFinder):
+    """Shared implementation of DEER, QuasiDEER, Picard and Jacobi.
+
+    The problem `fn(y, args)` maps stacked states `y` (a PyTree whose leaves have a
+    leading time axis of length `T`) to the stacked residual of the same structure,
+    where residual `t` depends only on states `t` and `t - 1`. Each iteration solves
+    `J̃ δ = -r(y)` by a scan over time and sets `y ← y + δ`.
+
+    Termination: the iteration stops when the residual at the new iterate satisfies
+    `norm(r / (atol + rtol |y|)) < 1`, a test that is reachable in float32. Whatever the
+    Jacobian approximation, after `i` iterations the first `i` states are exact (up to
+    rounding), so every method converges in at most `T` iterations.
+
+    Failure: a non-finite iterate is never accepted. The iteration keeps the last finite
+    iterate and stops with `optimistix.RESULTS.nonfinite`.
+    """
+
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float | None]
+    norm: eqx.AbstractVar[Callable[[PyTree], Scalar]]
+    mode: eqx.AbstractVar[ScanMode]
+
+    jacobian_kind: ClassVar[JacobianKind]
+
+    def _jacobian_kind(self) -> JacobianKind:
+        return self.jacobian_kind
+
+    def _tolerances(self, y: PyTree) -> tuple[float, float]:
+        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        default = default_tolerance(dtype)
+        rtol = default if self.rtol is None else self.rtol
+        atol = default if self.atol is None else self.atol
+        return rtol, atol
+
+    def _linearise(self, fn, y, args, structure, tags, key):
+        unit_diagonal = unit_block_diagonal_tag in tags
+        return linearise(
+            _NewtonFn(fn, args),
+            y,
+            structure,
+            self._jacobian_kind(),
+            unit_diagonal=unit_diagonal,
+            key=key,
+        )
+
+    def init(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        f_struct: PyTree[jax.ShapeDtypeStruct],
+        aux_struct: PyTree[jax.ShapeDtypeStruct],
+        tags: frozenset[object],
+    ) -> ParallelNewtonState:
+        del aux_struct
+        structure = _check_problem(y, f_struct)
+        key = options.get("key", jr.key(0))
+        residual, _, jacobian = self._linearise(fn, y, args, structure, tags, key)
+        rtol, atol = self._tolerances(y)
+        residual_size = scaled_norm(self.norm, residual, y, rtol, atol)
+        return ParallelNewtonState(
+            residual=residual,
+            jacobian=jacobian,
+            residual_size=residual_size,
+            converged=residual_size < 1,
+            result=optx.RESULTS.successful,
+            num_nonfinite_steps=jnp.array(0),
+            key=key,
+        )
+
+    def step(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: ParallelNewtonState,
+        tags: frozenset[object],
+    ) -> tuple[PyTree[Array], ParallelNewtonState, Any]:
+        del options
+        structure = state.jacobian.structure
+        negative_residual = jtu.tree_map(jnp.negative, state.residual)
+        solution = lx.linear_solve(
+            state.jacobian,
+            negative_residual,
+            BlockBidiagonal(self.mode),
+            throw=False,
+        )
+        new_y = jtu.tree_map(jnp.add, y, solution.value)
+        key = jr.split(state.key)[0]
+        new_residual, aux, new_jacobian = self._linearise(
+            fn, new_y, args, structure, tags, key
+        )
+        return self._accept_if_finite(
+            y, new_y, new_residual, new_jacobian, aux, state, key
+        )
+
+    def _accept_if_finite(self, y, new_y, new_residual, new_jacobian, aux, state, key):
+        rtol, atol = self._tolerances(y)
+        finite = tree_all_finite((new_y, new_residual, new_jacobian))
+        residual_size = scaled_norm(self.norm, new_residual, new_y, rtol, atol)
+        keep = lambda new, old: jtu.tree_map(
+            lambda a, b: jnp.where(finite, a, b), new, old
+        )
+        new_state = ParallelNewtonState(
+            residual=keep(new_residual, state.residual),
+            jacobian=keep(new_jacobian, state.jacobian),
+            residual_size=jnp.where(finite, residual_size, state.residual_size),
+            converged=finite & (residual_size < 1),
+            result=optx.RESULTS.where(
+                finite, optx.RESULTS.successful, optx.RESULTS.nonfinite
+            ),
+            num_nonfinite_steps=state.num_nonfinite_steps + jnp.where(finite, 0, 1),
+            key=key,
+        )
+        return keep(new_y, y), new_state, aux
+
+    def terminate(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: ParallelNewtonState,
+        tags: frozenset[object],
+    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+        del fn, y, args, options, tags
+        failed = state.result != optx.RESULTS.successful
+        return state.converged | failed, state.result
+
+    def postprocess(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        aux: Any,
+        args: PyTree,
+        options: dict[str, Any],
+        state: ParallelNewtonState,
+        tags: frozenset[object],
+        result: optx.RESULTS,
+    ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
+        del fn, args, options, tags, result
+        return y, aux, {"residual_size": state.residual_size}
+
+
+def _check_problem(y: PyTree, f_struct: PyTree) -> StateStructure:
+    structure = state_structure(y)
+    f_structure = state_structure(f_struct)
+    if f_structure != structure:
+        raise ValueError(
+            "A parallel Newton root finder needs `fn(y, args)` to return a residual with "
+            "the same structure as `y` (stacked states with a leading time axis); got "
+            f"`y` with structure {jax.eval_shape(lambda: y)} and residual {f_struct}."
+        )
+    return structure
+
+
+_init_doc = """**Arguments:**
+
+- `rtol`: relative tolerance. The iteration stops once the residual satisfies
+    `norm(r / (atol + rtol |y|)) < 1`. Defaults to `100 eps` of the states' dtype.
+- `atol`: absolute tolerance, as above. Defaults to `100 eps` of the states' dtype.
+- `norm`: the norm of the scaled residual, as in optimistix (e.g. `optimistix.max_norm`,
+    the default, or `optimistix.rms_norm`).
+- `mode`: how each block-bidiagonal system is solved: `"associative"` (parallel scan,
+    O(log T) depth), `"sequential"` (`jax.lax.scan`) or `"auto"` (sequential on CPU,
+    associative on GPU and TPU).
+"""
+
+
+class DEER(AbstractParallelNewton):
+    """Newton's method over the whole trajectory (DEER): full Jacobian blocks.
+
+    Converges quadratically near the solution, and in one iteration on a linear
+    recurrence. Each iteration costs `2 d` Jacobian-vector products of the residual
+    (`d` when `unit_block_diagonal_tag` is passed in `tags`), O(T d^3) work and
+    O(T d^2) memory.
+
+    ??? cite "Reference"
+
+        ```bibtex
+        @inproceedings{lim2024parallelizing,
+            title={Parallelizing non-linear sequential models over the sequence length},
+            author={Lim, Yi Heng and Zhu, Qi and Selfridge, Joshua and Kasim,
+                    Muhammad Firmansyah},
+            booktitle={International Conference on Learning Representations},
+            year={2024}
+        }
+        ```
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    mode: ScanMode = "auto"
+
+    jacobian_kind: ClassVar[JacobianKind] = "full"
+
+
+class QuasiDEER(AbstractParallelNewton):
+    """Quasi-Newton over the whole trajectory: the diagonal of each Jacobian block.
+
+    O(T d) work and memory per iteration; converges linearly, fast when the Jacobian
+    blocks are nearly diagonal. With `diagonal_estimate="exact"` (the default) the
+    diagonals come from `d` (or `2 d`) Jacobian-vector products computed one at a time,
+    so memory stays O(T d). With `"hutchinson"` they are estimated from a single
+    Jacobian-vector product with random signs `z`, as `z_{t-1} * (L_t z_{t-1})`: one
+    product per iteration, for large `d`. This needs identity diagonal blocks: pass
+    `tags=frozenset({diffrax_parallel.unit_block_diagonal_tag})`.
+
+    ??? cite "Reference"
+
+        ```bibtex
+        @inproceedings{gonzalez2024towards,
+            title={Towards Scalable and Stable Parallelization of Nonlinear RNNs},
+            author={Gonzalez, Xavier and Warrington, Andrew and Smith, Jimmy T. H. and
+                    Linderman, Scott W.},
+            booktitle={Advances in Neural Information Processing Systems},
+            year={2024}
+        }
+        ```
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    mode: ScanMode = "auto"
+    diagonal_estimate: Literal["exact", "hutchinson"] = "exact"
+
+    jacobian_kind: ClassVar[JacobianKind] = "diagonal"
+
+    def __check_init__(self):
+        if self.diagonal_estimate not in ("exact", "hutchinson"):
+            raise ValueError(
+                f"Invalid `diagonal_estimate={self.diagonal_estimate!r}`; expected "
+                "'exact' or 'hutchinson'."
+            )
+
+    def _jacobian_kind(self) -> JacobianKind:
+        return "diagonal" if self.diagonal_estimate == "exact" else "hutchinson"
+
+
+class Picard(AbstractParallelNewton):
+    """Picard iteration over the whole trajectory: identity Jacobian blocks.
+
+    Drops the Jacobian of the one-step map, `∂f_t/∂y ≈ I`, so each iteration is a
+    cumulative sum of the residuals: O(T d) work and no Jacobian-vector products.
+    Converges fast when `f_t` is close to the identity (small ODE steps, short horizons).
+    Assumes the diagonal blocks `∂r_t/∂y_t` are the identity, as for explicit
+    recurrences `r_t = y_t - f_t(y_{t-1})`.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    mode: ScanMode = "auto"
+
+    jacobian_kind: ClassVar[JacobianKind] = "identity"
+
+
+class Jacobi(AbstractParallelNewton):
+    """Jacobi iteration over the whole trajectory: zero off-diagonal Jacobian blocks.
+
+    Each iteration applies every step to the previous iterate, `y_t ← f_t(y_{t-1})`,
+    with no linear solve at all. Converges fast only for strongly contracting maps.
+    Assumes the diagonal blocks `∂r_t/∂y_t` are the identity, as for explicit
+    recurrences `r_t = y_t - f_t(y_{t-1})`.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    mode: ScanMode = "auto"
+
+    jacobian_kind: ClassVar[JacobianKind] = "zero"
+
+
+for _cls in (DEER, Picard, Jacobi):
+    _cls.__init__.__doc__ = _init_doc
+QuasiDEER.__init__.__doc__ = (
+    _init_doc
+    + """- `diagonal_estimate`: `"exact"` (default) or `"hutchinson"`, see above.
+"""
+)
