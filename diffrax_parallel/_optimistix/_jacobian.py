@@ -49,6 +49,7 @@ def linearise(
     *,
     unit_diagonal: bool,
     key: PRNGKeyArray | None = None,
+    diagonal_bound: float | None = None,
 ) -> tuple[PyTree, PyTree, BlockBidiagonalOperator]:
     """Evaluates the residual at `y` and the approximate Jacobian of the method `kind`.
 
@@ -61,6 +62,8 @@ def linearise(
     - `kind`: the Jacobian approximation.
     - `unit_diagonal`: whether `∂r_t/∂y_t` is known to be the identity.
     - `key`: random key for `kind="hutchinson"`.
+    - `diagonal_bound`: for the diagonal kinds, clip the diagonals of the lower blocks
+        to `[-diagonal_bound, diagonal_bound]`; `None` keeps them.
 
     **Returns:**
 
@@ -95,4 +98,8 @@ def linearise(
         diagonal = None
     else:
         raise ValueError(f"Unknown Jacobian approximation {kind!r}.")
+    if kind in ("diagonal", "hutchinson") and diagonal_bound is not None:
+        # |Ã_t| <= 1 elementwise keeps every product of transitions bounded, so the scan
+        # cannot overflow; any Ã keeps the finite-termination property.
+        lower = jnp.clip(lower, -diagonal_bound, diagonal_bound)
     return residual, aux, BlockBidiagonalOperator(lower, diagonal, structure)

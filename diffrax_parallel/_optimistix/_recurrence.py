@@ -136,7 +136,8 @@ def solve_recurrence(
             f"length {length}, same dtypes); got {jax.eval_shape(lambda: y_guess)}."
         )
     residual = _RecurrenceResidual(step_fn)
-    out_struct = jax.eval_shape(residual, y_guess, (y0, xs, args))
+    in_axes = (0, None if xs is None else 0, None)
+    out_struct = jax.eval_shape(jax.vmap(step_fn, in_axes=in_axes), y_guess, xs, args)
     if out_struct != jax.eval_shape(lambda: y_guess):
         raise ValueError(
             "`step_fn(y, x, args)` must return a state with the structure, shapes and "
