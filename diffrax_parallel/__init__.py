@@ -2,6 +2,13 @@
 
 import importlib.metadata
 
+from ._diffrax import (
+    micro_steps as micro_steps,
+    num_newton_steps_per_window as num_newton_steps_per_window,
+    ParallelNewtonSolver as ParallelNewtonSolver,
+    ParallelNewtonState as ParallelNewtonState,
+    WindowInterpolation as WindowInterpolation,
+)
 from ._lineax import (
     affine_recurrence as affine_recurrence,
     BlockBidiagonal as BlockBidiagonal,

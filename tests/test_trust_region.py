@@ -54,6 +54,14 @@ def test_trust_region_converges_on_van_der_pol(solver, max_iterations):
     assert max_relative_error(solution.ys, reference) < 1e-10
 
 
+def test_safeguarded_deer_recovers_on_van_der_pol():
+    reference = scan_reference(van_der_pol_rk4_step, VDP_Y0, None, VDP_ARGS, 1000)
+    solution = _van_der_pol(dp.DEER(recover_nonfinite=True))
+    assert int(solution.stats["num_recovered_steps"]) >= 1
+    assert int(solution.num_newton_steps) <= 60
+    assert max_relative_error(solution.ys, reference) < 1e-10
+
+
 def test_default_solver_converges_on_van_der_pol():
     reference = scan_reference(van_der_pol_rk4_step, VDP_Y0, None, VDP_ARGS, 1000)
     solution = dp.solve_recurrence(

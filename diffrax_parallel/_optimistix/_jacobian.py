@@ -103,3 +103,21 @@ def linearise(
         # cannot overflow; any Ã keeps the finite-termination property.
         lower = jnp.clip(lower, -diagonal_bound, diagonal_bound)
     return residual, aux, BlockBidiagonalOperator(lower, diagonal, structure)
+
+
+def stabilised_jacobian(jacobian: BlockBidiagonalOperator) -> BlockBidiagonalOperator:
+    """Keeps the diagonals of the blocks, with those of the lower blocks in `[-1, 1]`.
+
+    For identity diagonal blocks, the transitions `Ã_t = -diag(L_t)` then satisfy
+    `|Ã_t| <= 1`, so no product of them grows and the scan cannot overflow.
+    """
+
+    def diagonal_of(blocks):
+        if blocks is None or blocks.ndim == 2:
+            return blocks
+        return jnp.diagonal(blocks, axis1=1, axis2=2)
+
+    lower = jnp.clip(diagonal_of(jacobian.lower_blocks), -1, 1)
+    return BlockBidiagonalOperator(
+        lower, diagonal_of(jacobian.diagonal_blocks), jacobian.structure
+    )

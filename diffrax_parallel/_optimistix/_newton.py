@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -25,7 +26,7 @@ from .._lineax import (
     StateStructure,
     unit_block_diagonal_tag,
 )
-from ._jacobian import JacobianKind, linearise
+from ._jacobian import JacobianKind, linearise, stabilised_jacobian
 
 
 def default_tolerance(dtype: Any) -> float:
@@ -48,6 +49,11 @@ def scaled_norm(
 ) -> Scalar:
     """Returns `norm(values / (atol + rtol |y|))`, the optimistix error measure."""
     scaled = jtu.tree_map(lambda v, s: v / (atol + rtol * jnp.abs(s)), values, y)
+    return norm(scaled)
+
+
+def _relative_residual(norm, residual: PyTree[Array], y: PyTree[Array]) -> Scalar:
+    scaled = jtu.tree_map(lambda r, s: r / (1 + jnp.abs(s)), residual, y)
     return norm(scaled)
 
 
@@ -86,6 +92,11 @@ class ParallelNewtonState(eqx.Module):
     converged: Bool[Array, ""]
     result: optx.RESULTS
     num_nonfinite_steps: Int[Array, ""]
+    num_recovered_steps: Int[Array, ""]
+    # Whether the next safeguarded step tries Newton, and the initial guess, where it
+    # restarts after a failure; see `step`.
+    newton_allowed: Bool[Array, ""]
+    initial_y: PyTree[Array]
     key: PRNGKeyArray
 
 
@@ -161,6 +172,9 @@ class AbstractParallelNewton(optx.AbstractRootFinder):
             converged=residual_size < 1,
             result=optx.RESULTS.successful,
             num_nonfinite_steps=jnp.array(0),
+            num_recovered_steps=jnp.array(0),
+            newton_allowed=jnp.array(True),
+            initial_y=y,
             key=key,
         )
 
@@ -174,22 +188,70 @@ class AbstractParallelNewton(optx.AbstractRootFinder):
         tags: frozenset[object],
     ) -> tuple[PyTree[Array], ParallelNewtonState, Any]:
         del options
-        structure = state.jacobian.structure
-        negative_residual = jtu.tree_map(jnp.negative, state.residual)
-        solution = lx.linear_solve(
-            state.jacobian,
-            negative_residual,
-            BlockBidiagonal(self.mode),
-            throw=False,
-        )
-        new_y = jtu.tree_map(jnp.add, y, solution.value)
         key = jr.split(state.key)[0]
-        new_residual, aux, new_jacobian = self._linearise(
-            fn, new_y, args, structure, tags, key
+
+        def trial(start, residual, jacobian):
+            negative_residual = jtu.tree_map(jnp.negative, residual)
+            solution = lx.linear_solve(
+                jacobian, negative_residual, BlockBidiagonal(self.mode), throw=False
+            )
+            new_y = jtu.tree_map(jnp.add, start, solution.value)
+            new_residual, aux, new_jacobian = self._linearise(
+                fn, new_y, args, state.jacobian.structure, tags, key
+            )
+            finite = tree_all_finite((new_y, new_residual, new_jacobian))
+            return finite, (new_y, new_residual, aux, new_jacobian)
+
+        if not self._recovers_nonfinite():
+            _, outputs = trial(y, state.residual, state.jacobian)
+            return self._finish(y, outputs, state, key, jnp.array(True), 0)
+
+        # Safeguarded Newton. When a Newton iterate is not finite, the iteration goes
+        # back to the initial guess and takes steps with the diagonals of the blocks
+        # clipped to [-1, 1] (the QuasiDEER steps): these cannot overflow in the scan
+        # and, like every step of this family, make one more state exact. Intermediate
+        # Newton iterates are not kept, because from their (finite but far-off)
+        # states even clipped steps can overflow. Newton steps resume once the residual
+        # is within sqrt(eps) (relative), where their local convergence is fast.
+        dtype = state.jacobian.structure.dtype
+        close = _relative_residual(self.norm, state.residual, y) < jnp.sqrt(
+            jnp.finfo(dtype).eps
         )
-        return self._accept_if_finite(
+        try_newton = state.newton_allowed | close
+
+        def clipped_from(start):
+            residual, _, jacobian = self._linearise(
+                fn, start, args, state.jacobian.structure, tags, key
+            )
+            return trial(start, residual, stabilised_jacobian(jacobian))[1]
+
+        def newton_path():
+            finite, outputs = trial(y, state.residual, state.jacobian)
+            fallback = lambda: (clipped_from(state.initial_y), jnp.array(False))
+            return lax.cond(finite, lambda: (outputs, jnp.array(True)), fallback)
+
+        def clipped_path():
+            outputs = trial(y, state.residual, stabilised_jacobian(state.jacobian))[1]
+            return outputs, jnp.array(False)
+
+        outputs, newton_ok = lax.cond(try_newton, newton_path, clipped_path)
+        recovered = jnp.where(try_newton & jnp.invert(newton_ok), 1, 0)
+        return self._finish(y, outputs, state, key, newton_ok, recovered)
+
+    def _finish(self, y, outputs, state, key, newton_allowed, recovered):
+        new_y, new_residual, aux, new_jacobian = outputs
+        new_y, new_state, aux = self._accept_if_finite(
             y, new_y, new_residual, new_jacobian, aux, state, key
         )
+        new_state = eqx.tree_at(
+            lambda s: (s.num_recovered_steps, s.newton_allowed),
+            new_state,
+            (state.num_recovered_steps + recovered, newton_allowed),
+        )
+        return new_y, new_state, aux
+
+    def _recovers_nonfinite(self) -> bool:
+        return False
 
     def _accept_if_finite(self, y, new_y, new_residual, new_jacobian, aux, state, key):
         rtol, atol = self._tolerances(y)
@@ -207,6 +269,9 @@ class AbstractParallelNewton(optx.AbstractRootFinder):
                 finite, optx.RESULTS.successful, optx.RESULTS.nonfinite
             ),
             num_nonfinite_steps=state.num_nonfinite_steps + jnp.where(finite, 0, 1),
+            num_recovered_steps=state.num_recovered_steps,
+            newton_allowed=state.newton_allowed,
+            initial_y=state.initial_y,
             key=key,
         )
         return keep(new_y, y), new_state, aux
@@ -236,7 +301,11 @@ class AbstractParallelNewton(optx.AbstractRootFinder):
         result: optx.RESULTS,
     ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
         del fn, args, options, tags, result
-        return y, aux, {"residual_size": state.residual_size}
+        stats = {
+            "residual_size": state.residual_size,
+            "num_recovered_steps": state.num_recovered_steps,
+        }
+        return y, aux, stats
 
 
 def _check_problem(y: PyTree, f_struct: PyTree) -> StateStructure:
@@ -272,6 +341,16 @@ class DEER(AbstractParallelNewton):
     (`d` when `unit_block_diagonal_tag` is passed in `tags`), O(T d^3) work and
     O(T d^2) memory.
 
+    From a poor initial guess the products of expanding linearisations overflow and
+    the Newton iterate becomes non-finite. By default DEER then stops with
+    `optimistix.RESULTS.nonfinite`, keeping the last finite iterate. With
+    `recover_nonfinite=True` it instead retries that iteration from the last finite
+    iterate with the diagonals of the Jacobian blocks clipped to `[-1, 1]` (the
+    QuasiDEER step), which cannot overflow in the scan and still makes one more state
+    exact; the next iterations are Newton steps again, so local convergence stays
+    quadratic. This is the default root finder of `solve_recurrence` and
+    `ParallelNewtonSolver`.
+
     ??? cite "Reference"
 
         ```bibtex
@@ -289,8 +368,12 @@ class DEER(AbstractParallelNewton):
     atol: float | None = None
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     mode: ScanMode = "auto"
+    recover_nonfinite: bool = False
 
     jacobian_kind: ClassVar[JacobianKind] = "full"
+
+    def _recovers_nonfinite(self) -> bool:
+        return self.recover_nonfinite
 
 
 class QuasiDEER(AbstractParallelNewton):
@@ -381,7 +464,13 @@ class Jacobi(AbstractParallelNewton):
     jacobian_kind: ClassVar[JacobianKind] = "zero"
 
 
-for _cls in (DEER, Picard, Jacobi):
+DEER.__init__.__doc__ = (
+    _init_doc
+    + """- `recover_nonfinite`: whether to retry a non-finite Newton iterate with a clipped
+    diagonal step (see above) instead of stopping.
+"""
+)
+for _cls in (Picard, Jacobi):
     _cls.__init__.__doc__ = _init_doc
 QuasiDEER.__init__.__doc__ = (
     _init_doc

@@ -12,7 +12,7 @@ from jaxtyping import Array, Int, PyTree, Scalar
 
 from .._lineax import lower_block_bidiagonal_tag, unit_block_diagonal_tag
 from ._adjoint import ImplicitScanAdjoint
-from ._elk import ELK
+from ._newton import DEER
 from ._results import promote_root_find_result, RESULTS
 
 
@@ -106,8 +106,9 @@ def solve_recurrence(
     - `xs`: per-step inputs with a leading axis of length `T`, or `None`.
     - `args`: any other arguments of `step_fn`, shared by all steps.
     - `num_steps`: the number of steps `T` when `xs` is `None`.
-    - `solver`: the root finder; defaults to [`diffrax_parallel.ELK`][], which converges
-        without tuning from the default initial guess where plain Newton overflows.
+    - `solver`: the root finder; defaults to `DEER(recover_nonfinite=True)`, Newton's
+        method that falls back to a clipped diagonal step when a Newton iterate
+        overflows, so it converges without tuning where plain Newton fails.
     - `y_guess`: an initial guess for all states (a warm start, e.g. the trajectory of
         a previous training step); defaults to `y0` repeated `T` times.
     - `max_steps`: the maximum number of iterations of the root finder.
@@ -125,7 +126,7 @@ def solve_recurrence(
         raise ValueError(f"The recurrence needs at least one step; got {length}.")
     y0 = jtu.tree_map(jnp.asarray, y0)
     if solver is None:
-        solver = ELK()
+        solver = DEER(recover_nonfinite=True)
     if y_guess is None:
         y_guess = jtu.tree_map(lambda leaf: jnp.repeat(leaf[None], length, axis=0), y0)
     elif jax.eval_shape(lambda: y_guess) != jax.eval_shape(
