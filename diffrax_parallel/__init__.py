@@ -2,11 +2,15 @@
 
 import importlib.metadata
 
+from ._diagnostics import (
+    estimate_lyapunov_exponent_from_solution as estimate_lyapunov_exponent_from_solution,
+)
 from ._diffrax import (
     micro_steps as micro_steps,
     num_newton_steps_per_window as num_newton_steps_per_window,
     ParallelNewtonSolver as ParallelNewtonSolver,
     ParallelNewtonState as ParallelNewtonState,
+    window_states as window_states,
     WindowInterpolation as WindowInterpolation,
 )
 from ._lineax import (

@@ -1,0 +1,428 @@
+"""`ParallelNewtonSolver`: one diffrax step solves a window of micro-steps at once."""
+
+import numbers
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optimistix as optx
+from jaxtyping import Array, Bool, Int, PyTree, Real
+
+from .._lineax import unit_block_diagonal_tag
+from .._optimistix import DEER, ImplicitScanAdjoint
+from ._base_solvers import configure_base_solver
+from ._custom_types import BoolScalarLike, RealScalarLike
+from ._interpolation import micro_times, WindowInterpolationFactory
+from ._root_find import all_finite, WindowRootFinder
+
+
+# Root-finder steps allowed beyond `num_micro_steps`, for trust-region methods.
+_EXTRA_NEWTON_STEPS = 32
+
+
+def _default_root_finder() -> optx.AbstractRootFinder:
+    # Newton's method that falls back to clipped diagonal steps when an iterate
+    # overflows (a window that contains a spike, say), with tolerances from the dtype.
+    return DEER(recover_nonfinite=True)
+
+
+def _default_adjoint() -> optx.AbstractAdjoint:
+    return ImplicitScanAdjoint()
+
+
+class ParallelNewtonState(eqx.Module):
+    """Solver state of [`ParallelNewtonSolver`][], carried between accepted windows.
+
+    Returned as `sol.solver_state` by `diffrax.diffeqsolve(...,
+    saveat=diffrax.SaveAt(..., solver_state=True))`.
+
+    **Attributes:**
+
+    - `num_newton_steps`: the total number of Newton steps over all accepted windows.
+        Rejected windows are not counted, because diffrax discards the solver state of
+        a rejected step.
+    - `num_newton_steps_last`: the number of Newton steps of the last accepted window.
+    - `num_windows`: the number of accepted windows, which indexes `initial_guess`.
+    """
+
+    num_newton_steps: Int[Array, ""]
+    num_newton_steps_last: Int[Array, ""]
+    num_windows: Int[Array, ""]
+
+
+def _positive_int(name: str, value: object) -> int:
+    """Return `value` as an int, or raise if it is not an integer of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be at least 1, got {value}.")
+    return int(value)
+
+
+def _stack_with_start(y0: PyTree[Array], states: PyTree[Array]) -> PyTree[Array]:
+    """Return the start of every micro-step: `y0` followed by `states[:-1]`."""
+    return jtu.tree_map(
+        lambda start, rest: jnp.concatenate([start[None], rest[:-1]]), y0, states
+    )
+
+
+def _to_diffrax_result(
+    newton_result: optx.RESULTS, failed: Bool[Array, ""]
+) -> dfx.RESULTS:
+    """Translate the outcome of a window's root find into a `diffrax.RESULTS`.
+
+    A root find that ran out of steps gives `nonlinear_max_steps_reached`. Every
+    other failure (divergence, non-finite iterates, a failed linear solve, or
+    non-finite states after a reported success) gives `nonlinear_divergence`. A
+    diverging Newton iteration often surfaces as a linear solve of non-finite values,
+    and the lineax message for that case blames the user's code.
+
+    NOTE: diffrax 0.7.2 combines step results with `diffrax.RESULTS.where`, which
+    accepts items of `diffrax.RESULTS` itself and rejects items of a subclass, so a
+    window failure cannot carry its own message naming the remedies (shorter windows,
+    a trust-region root finder, more Newton steps); the solver's docstring lists them.
+    """
+    max_steps = newton_result == optx.RESULTS.nonlinear_max_steps_reached
+    # pyright types enumeration members as literals, not as items of their class.
+    failure = dfx.RESULTS.where(
+        max_steps,
+        dfx.RESULTS.nonlinear_max_steps_reached,  # pyright: ignore[reportArgumentType]
+        dfx.RESULTS.nonlinear_divergence,  # pyright: ignore[reportArgumentType]
+    )
+    return dfx.RESULTS.where(failed, failure, dfx.RESULTS.successful)
+
+
+class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolver):
+    """Solve every micro-step of a window at once with a Newton-type root finder.
+
+    One diffrax step is one window `[t0, t1]`, split into `num_micro_steps` equal
+    micro-steps of the base solver. The `K = num_micro_steps` states
+    `s_1, ..., s_K` solve the stacked system `s_k - step(s_{k-1}) = 0` (with
+    `s_0 = y0`), whose Jacobian is block-bidiagonal, so that every Newton iteration
+    evaluates all micro-steps in parallel. With the default root finder the states
+    equal those of a sequential `diffrax.diffeqsolve` with the base solver on the same
+    micro-grid, to round-off.
+
+    !!! Example
+
+        ```python
+        solver = diffrax_parallel.ParallelNewtonSolver(
+            diffrax.Tsit5(), num_micro_steps=64
+        )
+        sol = diffrax.diffeqsolve(term, solver, t0=0, t1=10, dt0=1.0, y0=y0)
+        ```
+
+    **Windows and step size control.** `dt0` is the window length: with
+    `diffrax.ConstantStepSize` the micro-step is `dt0 / num_micro_steps`, and
+    `dt0 = t1 - t0` with `max_steps=1` solves the whole interval as one window.
+    `diffrax.StepTo(ts=...)` places window ends. With an adaptive controller such as
+    `diffrax.PIDController` the window length adapts to the error estimate, which is
+    the sum over micro-steps of the absolute embedded error estimates of the base
+    solver. With `dt0=None`, diffrax 0.7.2 starts with a window of length 0.01 for the
+    terms it wraps and grows it by at most the controller's `factormax` per window:
+    pass `dt0` to choose the first window.
+
+    **Failure.** A window whose root find fails (too many Newton steps, divergence,
+    non-finite states) gets an infinite error estimate, so an adaptive controller
+    rejects it and retries a shorter window. With a constant step size the solve stops
+    with an error. The remedies are shorter windows (fewer micro-steps or a smaller
+    `dt0`), a trust-region root finder, or more Newton steps (`max_newton_steps`).
+
+    **Outputs.** `SaveAt(ts=...)`, `SaveAt(dense=True)`, `sol.evaluate`,
+    `sol.derivative` and events use the base solver's interpolation on the micro-step
+    that contains the time. `SaveAt(steps=True)` saves window ends
+    only; [`micro_steps`][] returns every micro-step from `SaveAt(dense=True)` output.
+
+    **Statistics.** `sol.stats["num_steps"]` counts windows. Newton steps (including
+    the polishing step) are reported by the solver state, see
+    [`ParallelNewtonState`][] (`SaveAt(solver_state=True)`), and per window by
+    [`num_newton_steps_per_window`][] (`SaveAt(dense=True)`).
+
+    **Tolerances.** The default root finder, `DEER()`, stops when the stacked residual
+    `r` satisfies `max|r / (atol + rtol |y|)| < 1` with `rtol = atol = 100 eps` of the
+    state's dtype. With the polishing step that follows (`polish=True`), the result
+    equals the sequential solve to round-off whatever the step size controller. To use an adaptive controller's tolerances instead, pass
+    `root_finder=diffrax.with_stepsize_controller_tols(diffrax_parallel.DEER)()`.
+    (A default cannot do both: diffrax 0.7.2 raises an error when a constant step size
+    controller meets a root finder that expects the controller's tolerances.)
+    """
+
+    base: dfx.AbstractSolver
+    root_finder: optx.AbstractRootFinder
+    adjoint: optx.AbstractAdjoint
+    initial_guess: PyTree[Array] | None
+    # Static: they fix array shapes and loop bounds.
+    num_micro_steps: int = eqx.field(static=True)
+    max_newton_steps: int = eqx.field(static=True)
+    polish: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        base: dfx.AbstractSolver,
+        *,
+        num_micro_steps: int = 32,
+        root_finder: optx.AbstractRootFinder | None = None,
+        adjoint: optx.AbstractAdjoint | None = None,
+        max_newton_steps: int | None = None,
+        polish: bool = True,
+        initial_guess: PyTree[Array] | None = None,
+    ):
+        """**Arguments:**
+
+        - `base`: the solver of each micro-step: `diffrax.Euler()` or an explicit
+            Runge--Kutta solver (`Heun`, `Midpoint`, `Ralston`, `Bosh3`, `Tsit5`,
+            `Dopri5`, `Dopri8`). Its stage loop is switched to `scan_kind="bounded"`,
+            which supports both forward- and reverse-mode differentiation.
+        - `num_micro_steps`: the number `K >= 1` of equal micro-steps per window.
+        - `root_finder`: an `optimistix.AbstractRootFinder` for the stacked window
+            system, for example `diffrax_parallel.DEER()` (the default), `QuasiDEER()`,
+            `ELK()` or `optimistix.Newton(rtol=..., atol=...)`.
+        - `adjoint`: the `optimistix.AbstractAdjoint` that differentiates the root
+            find. Defaults to `diffrax_parallel.ImplicitScanAdjoint()`: the implicit
+            function theorem, one reverse scan, exact gradients that do not pass
+            through the Newton iterations.
+        - `max_newton_steps`: the maximum number of root-finder steps per window.
+            Defaults to `num_micro_steps + 32`. Undamped methods (DEER, QuasiDEER,
+            Picard, Jacobi) reach the root in at most `num_micro_steps` steps, because
+            after step `j` the first `j` states are exact (each depends only on its
+            predecessor). A trust-region method (ELK, QuasiELK) may reject steps, and
+            the 32 extra steps leave room for that. (QuasiELK needed up to 27 steps on
+            windows of Van der Pol that DEER solved in 6.)
+        - `polish`: whether to take one more root-finder step after the root finder
+            reports convergence. Its residual test bounds the defect of each
+            micro-step, and the defects add up over the window, so without this step
+            the states can differ from a sequential solve by about `num_micro_steps`
+            times the root finder's tolerance (1e-2 measured in float32 with 100
+            micro-steps). With Newton's method (DEER) the extra step brings them to
+            round-off, for one more Newton step per window.
+        - `initial_guess`: a warm start: the states at every micro-step of a previous
+            solve, as returned by [`window_states`][], with leaves of shape
+            `(num_windows, num_micro_steps, ...)`. Window `i` starts its Newton
+            iteration from entry `i` (the previous trajectory of a training step, for
+            example). Windows beyond its length, and entries that are not finite (the
+            padding after the last window), start from the window's initial state at
+            every micro-step, the default.
+        """
+        self.base = configure_base_solver(base)
+        self.initial_guess = initial_guess
+        num_micro_steps = _positive_int("num_micro_steps", num_micro_steps)
+        self.num_micro_steps = num_micro_steps
+        if root_finder is None:
+            root_finder = _default_root_finder()
+        if not isinstance(root_finder, optx.AbstractRootFinder):
+            raise TypeError(
+                "`root_finder` must be an optimistix.AbstractRootFinder, got "
+                f"{type(root_finder).__name__}."
+            )
+        self.root_finder = root_finder
+        if adjoint is None:
+            adjoint = _default_adjoint()
+        if not isinstance(adjoint, optx.AbstractAdjoint):
+            raise TypeError(
+                "`adjoint` must be an optimistix.AbstractAdjoint, got "
+                f"{type(adjoint).__name__}."
+            )
+        self.adjoint = adjoint
+        if max_newton_steps is None:
+            max_newton_steps = num_micro_steps + _EXTRA_NEWTON_STEPS
+        max_newton_steps = _positive_int("max_newton_steps", max_newton_steps)
+        self.max_newton_steps = max_newton_steps
+        if not isinstance(polish, bool):
+            raise TypeError(f"`polish` must be a bool, got {type(polish).__name__}.")
+        self.polish = polish
+
+    # ---- What diffrax reads from a solver ------------------------------------------
+
+    term_structure: ClassVar = dfx.AbstractTerm
+
+    # A property rather than a class attribute: it depends on the base solver.
+    @property
+    def interpolation_cls(self) -> Callable[..., Any]:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return WindowInterpolationFactory(self.base.interpolation_cls)
+
+    @property
+    def term_compatible_contr_kwargs(self):  # pyright: ignore[reportIncompatibleVariableOverride]
+        return self.base.term_compatible_contr_kwargs
+
+    @property
+    def root_find_max_steps(self) -> int:  # pyright: ignore[reportIncompatibleVariableOverride]
+        return self.max_newton_steps
+
+    def order(self, terms: PyTree[dfx.AbstractTerm]) -> int | None:
+        return self.base.order(terms)
+
+    def error_order(self, terms: PyTree[dfx.AbstractTerm]) -> RealScalarLike | None:
+        # The window error estimate is a sum of K micro-step estimates, each of size
+        # C (H/K)^(p+1) for a window of length H, so at fixed K it scales like
+        # H^(p+1): the same power as one step of the base solver.
+        return self.base.error_order(terms)
+
+    def func(
+        self, terms: PyTree[dfx.AbstractTerm], t0: RealScalarLike, y0: PyTree, args
+    ) -> PyTree:
+        return self.base.func(terms, t0, y0, args)
+
+    def init(
+        self,
+        terms: PyTree[dfx.AbstractTerm],
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree,
+        args: PyTree,
+    ) -> ParallelNewtonState:
+        del terms, t0, t1, y0, args
+        zero = jnp.array(0, dtype=jnp.int32)
+        return ParallelNewtonState(
+            num_newton_steps=zero, num_newton_steps_last=zero, num_windows=zero
+        )
+
+    # ---- One window ----------------------------------------------------------------
+
+    def _micro_steps(
+        self,
+        terms: PyTree[dfx.AbstractTerm],
+        ts: Real[Array, " K+1"],
+        starts: PyTree[Array],
+        args: PyTree,
+    ) -> tuple[PyTree[Array], PyTree[Array] | None, PyTree[Array], dfx.RESULTS]:
+        """Make every micro-step `k` from `starts[k]`, all at once (vmapped over k).
+
+        The base solver state is re-initialised per micro-step, so FSAL solvers
+        evaluate their first stage afresh: `vf(t_k, s_k)` is the same value that a
+        sequential solve carries over from the previous step.
+        """
+
+        def one_step(t0, t1, y0):
+            base_state = self.base.init(terms, t0, t1, y0, args)
+            y1, y_error, dense_info, _, result = self.base.step(
+                terms, t0, t1, y0, args, base_state, False
+            )
+            return y1, y_error, dense_info, result
+
+        return jax.vmap(one_step)(ts[:-1], ts[1:], starts)
+
+    def step(
+        self,
+        terms: PyTree[dfx.AbstractTerm],
+        t0: RealScalarLike,
+        t1: RealScalarLike,
+        y0: PyTree,
+        args: PyTree,
+        solver_state: ParallelNewtonState,
+        made_jump: BoolScalarLike,
+    ) -> tuple[PyTree, PyTree | None, dict[str, Any], ParallelNewtonState, dfx.RESULTS]:
+        # Every micro-step re-evaluates its first stage, so a jump needs no handling.
+        del made_jump
+        ts = micro_times(t0, t1, self.num_micro_steps)
+
+        def residual(states, residual_args):
+            _terms, _ts, _y0, _args = residual_args
+            starts = _stack_with_start(_y0, states)
+            ends, _, _, _ = self._micro_steps(_terms, _ts, starts, _args)
+            return jtu.tree_map(jnp.subtract, states, ends)
+
+        y_guess = self._initial_guess(y0, solver_state.num_windows)
+        root_sol = optx.root_find(
+            residual,
+            WindowRootFinder(self.root_finder, self.polish),
+            y_guess,
+            (terms, ts, y0, args),
+            adjoint=self.adjoint,
+            throw=False,
+            max_steps=self.max_newton_steps,
+            # Residual k is `s_k - step(s_{k-1})`: its diagonal Jacobian blocks are
+            # the identity, which halves the cost of recovering the blocks.
+            tags=frozenset({unit_block_diagonal_tag}),
+        )
+        states = root_sol.value
+        newton_ok = root_sol.result == optx.RESULTS.successful
+        num_newton_steps = jnp.asarray(root_sol.stats["num_steps"], dtype=jnp.int32)
+        if self.polish:
+            # The polishing step follows a successful root find only.
+            num_newton_steps = num_newton_steps + newton_ok.astype(jnp.int32)
+        # Dense output stores the count as a float: diffrax pads unused dense-output
+        # slots with `inf`, which an integer array cannot hold.
+        newton_count = num_newton_steps.astype(ts.dtype)
+
+        # One more parallel evaluation at the converged states gives each micro-step's
+        # error estimate and dense information.
+        starts = _stack_with_start(y0, states)
+        _, micro_errors, micro_infos, micro_results = self._micro_steps(
+            terms, ts, starts, args
+        )
+        failed = jnp.invert(
+            newton_ok
+            & jnp.all(micro_results == dfx.RESULTS.successful)
+            & all_finite(states)
+        )
+        if isinstance(micro_infos, dict) and "y1" in micro_infos:
+            # Store the converged states as micro-step ends, so that dense output is
+            # continuous across micro-steps and its ends agree with `y1`. The base
+            # step's own ends differ from them by the root-find residual.
+            micro_infos = dict(micro_infos, y1=states)
+        # A failed window returns NaN, so that nothing can use it silently. An adaptive
+        # controller rejects it, and a constant step size stops with an error.
+        y1 = jtu.tree_map(lambda leaf: jnp.where(failed, jnp.nan, leaf[-1]), states)
+        y_error = self._window_error(micro_errors, failed)
+        dense_info = dict(micro_infos=micro_infos, num_newton_steps=newton_count)
+        new_solver_state = ParallelNewtonState(
+            num_newton_steps=solver_state.num_newton_steps + num_newton_steps,
+            num_newton_steps_last=num_newton_steps,
+            num_windows=solver_state.num_windows + 1,
+        )
+        result = _to_diffrax_result(root_sol.result, failed)
+        return y1, y_error, dense_info, new_solver_state, result
+
+    def _initial_guess(self, y0: PyTree, window: Int[Array, ""]) -> PyTree:
+        """The warm start of this window, or the window's initial state everywhere."""
+        constant = jtu.tree_map(
+            lambda leaf: jnp.broadcast_to(leaf, (self.num_micro_steps,) + leaf.shape),
+            y0,
+        )
+        if self.initial_guess is None:
+            return constant
+        guess_leaves = jtu.tree_leaves(self.initial_guess)
+        expected = [(self.num_micro_steps,) + jnp.shape(x) for x in jtu.tree_leaves(y0)]
+        if len(guess_leaves) != len(expected) or any(
+            g.shape[1:] != e for g, e in zip(guess_leaves, expected)
+        ):
+            raise ValueError(
+                "`initial_guess` must have the structure of `y0` with two leading axes "
+                "(windows, micro-steps), as returned by `window_states`; got leaf "
+                f"shapes {[g.shape for g in guess_leaves]} for states of shape "
+                f"{[e[1:] for e in expected]} and {self.num_micro_steps} micro-steps."
+            )
+        num_guesses = guess_leaves[0].shape[0]
+        index = jnp.minimum(window, num_guesses - 1)
+        guess = jtu.tree_map(
+            lambda leaf: jax.lax.stop_gradient(leaf[index]), self.initial_guess
+        )
+        usable = (window < num_guesses) & all_finite(guess)
+        return jtu.tree_map(
+            lambda a, b: jnp.where(usable, a.astype(b.dtype), b), guess, constant
+        )
+
+    @staticmethod
+    def _window_error(
+        micro_errors: PyTree[Array] | None, failed: Bool[Array, ""]
+    ) -> PyTree[Array] | None:
+        """Combine micro-step error estimates into one for the window.
+
+        The sum of absolute values bounds the local errors accumulated over the window
+        (to first order, neglecting their propagation by the flow), and cannot cancel
+        the way a signed sum can. A failed window gets `inf`, so that an adaptive
+        controller rejects it.
+        """
+        if micro_errors is None:
+            # NOTE: a base solver without an error estimate (Euler) gives no window
+            # estimate, so a failed window is only reported through the result, and
+            # adaptive controllers raise an error at trace time.
+            return None
+        return jtu.tree_map(
+            lambda e: jnp.where(failed, jnp.inf, jnp.sum(jnp.abs(e), axis=0)),
+            micro_errors,
+        )
