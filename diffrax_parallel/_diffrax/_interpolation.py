@@ -107,6 +107,8 @@ class WindowInterpolationFactory(eqx.Module):
     )
 
     def __call__(self, *, t0: Any, t1: Any, **dense_info: Any) -> WindowInterpolation:
+        # Statistics stored beside the interpolation data play no part in it.
+        dense_info.pop("lyapunov_exponent", None)
         return WindowInterpolation(
             t0=t0,
             t1=t1,

@@ -132,3 +132,29 @@ def window_states(sol: dfx.Solution) -> PyTree[Array]:
         return jnp.where(mask.reshape(mask.shape + (1,) * (y1.ndim - 1)), y1, jnp.inf)
 
     return jtu.tree_map(_mask, ends)
+
+
+def lyapunov_exponent_per_window(sol: dfx.Solution) -> Real[Array, " max_steps"]:
+    """Return the estimated largest Lyapunov exponent (per unit time) of every window.
+
+    Needs `ParallelNewtonSolver(..., estimate_lyapunov=True)` and
+    `diffrax.SaveAt(dense=True)`. Positive values mark windows over which perturbations
+    grow; when `exp(λ H)` is large for a window of length `H`, Newton needs many
+    iterations there, and shorter windows help.
+
+    **Returns:**
+
+    An array of shape `(max_steps,)`; entries after the last window are NaN.
+
+    **Raises:**
+
+    `ValueError` if `sol` has no such dense output.
+    """
+    interpolation = _window_interpolation(sol)
+    if "lyapunov_exponent" not in interpolation.infos:
+        raise ValueError(
+            "The solve did not estimate Lyapunov exponents: pass "
+            "`ParallelNewtonSolver(..., estimate_lyapunov=True)`."
+        )
+    values = interpolation.infos["lyapunov_exponent"]
+    return jnp.where(_window_mask(interpolation), values, jnp.nan)

@@ -7,12 +7,20 @@ from typing import Any, ClassVar
 import diffrax as dfx
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
-from .._lineax import unit_block_diagonal_tag
+from .._lineax import (
+    affine_recurrence,
+    ravel_states,
+    recover_blocks,
+    state_structure,
+    unit_block_diagonal_tag,
+)
+from .._lyapunov import suggest_num_micro_steps
 from .._optimistix import DEER, ImplicitScanAdjoint
 from ._base_solvers import configure_base_solver
 from ._custom_types import BoolScalarLike, RealScalarLike
@@ -47,11 +55,22 @@ class ParallelNewtonState(eqx.Module):
         a rejected step.
     - `num_newton_steps_last`: the number of Newton steps of the last accepted window.
     - `num_windows`: the number of accepted windows, which indexes `initial_guess`.
+    - `lyapunov_exponent_last`, `lyapunov_exponent_max`: with
+        `estimate_lyapunov=True`, the estimated largest Lyapunov exponent (per unit
+        time) of the last accepted window and the largest over accepted windows; NaN
+        otherwise.
+    - `num_unpredictable_windows`: with `estimate_lyapunov=True`, the number of
+        accepted windows whose estimated growth `exp(λ H)` over the window length `H`
+        exceeds `max_growth`: there Newton cannot converge quickly from a poor guess,
+        and shorter windows would help (`diffrax_parallel.suggest_num_micro_steps`).
     """
 
     num_newton_steps: Int[Array, ""]
     num_newton_steps_last: Int[Array, ""]
     num_windows: Int[Array, ""]
+    lyapunov_exponent_last: Real[Array, ""]
+    lyapunov_exponent_max: Real[Array, ""]
+    num_unpredictable_windows: Int[Array, ""]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -155,6 +174,8 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
     root_finder: optx.AbstractRootFinder
     adjoint: optx.AbstractAdjoint
     initial_guess: PyTree[Array] | None
+    estimate_lyapunov: bool = eqx.field(static=True)
+    max_growth: float = eqx.field(static=True)
     # Static: they fix array shapes and loop bounds.
     num_micro_steps: int = eqx.field(static=True)
     max_newton_steps: int = eqx.field(static=True)
@@ -170,6 +191,8 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         max_newton_steps: int | None = None,
         polish: bool = True,
         initial_guess: PyTree[Array] | None = None,
+        estimate_lyapunov: bool = False,
+        max_growth: float = 1e3,
     ):
         """**Arguments:**
 
@@ -206,9 +229,24 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
             example). Windows beyond its length, and entries that are not finite (the
             padding after the last window), start from the window's initial state at
             every micro-step, the default.
+        - `estimate_lyapunov`: whether to estimate the largest Lyapunov exponent of
+            every accepted window (about the cost of one more Newton step per window),
+            reported in the solver state and per window by
+            [`lyapunov_exponent_per_window`][].
+        - `max_growth`: with `estimate_lyapunov=True`, a window whose estimated growth
+            `exp(λ H)` exceeds this is counted in
+            `ParallelNewtonState.num_unpredictable_windows`.
         """
         self.base = configure_base_solver(base)
         self.initial_guess = initial_guess
+        if not isinstance(estimate_lyapunov, bool):
+            raise TypeError(
+                f"`estimate_lyapunov` must be a bool, got {type(estimate_lyapunov)}."
+            )
+        self.estimate_lyapunov = estimate_lyapunov
+        if not max_growth > 1:
+            raise ValueError(f"`max_growth` must be greater than 1, got {max_growth}.")
+        self.max_growth = float(max_growth)
         num_micro_steps = _positive_int("num_micro_steps", num_micro_steps)
         self.num_micro_steps = num_micro_steps
         if root_finder is None:
@@ -234,6 +272,50 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         if not isinstance(polish, bool):
             raise TypeError(f"`polish` must be a bool, got {type(polish).__name__}.")
         self.polish = polish
+
+    @classmethod
+    def from_lyapunov_exponent(
+        cls,
+        base: dfx.AbstractSolver,
+        lyapunov_exponent: float,
+        dt: float,
+        *,
+        max_num_micro_steps: int,
+        max_growth: float = 1.5,
+        **kwargs: Any,
+    ) -> tuple["ParallelNewtonSolver", float]:
+        """Builds a solver whose windows are as long as predictability allows.
+
+        Chooses `num_micro_steps` with [`suggest_num_micro_steps`][]: the largest `K`
+        with `exp(λ K dt) <= max_growth`, capped at `max_num_micro_steps` (which is
+        used when `λ <= 0`). Estimate `λ` beforehand, for example with
+        [`estimate_lyapunov_exponent`][] on a short sequential run, or from
+        `estimate_lyapunov=True` on a previous solve.
+
+        **Arguments:**
+
+        - `base`: the base solver, as for `__init__`.
+        - `lyapunov_exponent`: the largest Lyapunov exponent per unit time.
+        - `dt`: the micro-step size.
+        - `max_num_micro_steps`: the largest window, in micro-steps.
+        - `max_growth`: the bound on `exp(λ K dt)`.
+        - `**kwargs`: passed on to `__init__`.
+
+        **Returns:**
+
+        A pair `(solver, window_length)`: pass `window_length` (`K dt`) as the `dt0` of
+        `diffrax.diffeqsolve` with `diffrax.ConstantStepSize()`.
+        """
+        num_micro_steps = int(
+            suggest_num_micro_steps(
+                float(lyapunov_exponent),
+                float(dt),
+                max_num_micro_steps=max_num_micro_steps,
+                max_growth=max_growth,
+            )
+        )
+        solver = cls(base, num_micro_steps=num_micro_steps, **kwargs)
+        return solver, num_micro_steps * float(dt)
 
     # ---- What diffrax reads from a solver ------------------------------------------
 
@@ -274,10 +356,16 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         y0: PyTree,
         args: PyTree,
     ) -> ParallelNewtonState:
-        del terms, t0, t1, y0, args
+        del terms, t0, t1, args
         zero = jnp.array(0, dtype=jnp.int32)
+        nan = jnp.array(jnp.nan, dtype=jnp.result_type(*jtu.tree_leaves(y0)))
         return ParallelNewtonState(
-            num_newton_steps=zero, num_newton_steps_last=zero, num_windows=zero
+            num_newton_steps=zero,
+            num_newton_steps_last=zero,
+            num_windows=zero,
+            lyapunov_exponent_last=nan,
+            lyapunov_exponent_max=nan,
+            num_unpredictable_windows=zero,
         )
 
     # ---- One window ----------------------------------------------------------------
@@ -369,13 +457,70 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         y1 = jtu.tree_map(lambda leaf: jnp.where(failed, jnp.nan, leaf[-1]), states)
         y_error = self._window_error(micro_errors, failed)
         dense_info = dict(micro_infos=micro_infos, num_newton_steps=newton_count)
+        if self.estimate_lyapunov:
+            lyapunov = self._window_lyapunov_exponent(
+                residual, (terms, ts, y0, args), states, t1 - t0
+            )
+            dense_info["lyapunov_exponent"] = lyapunov
+            growth = lyapunov * jnp.abs(t1 - t0)
+            unpredictable = growth > jnp.log(self.max_growth)
+        else:
+            lyapunov = solver_state.lyapunov_exponent_last
+            unpredictable = jnp.array(False)
         new_solver_state = ParallelNewtonState(
             num_newton_steps=solver_state.num_newton_steps + num_newton_steps,
             num_newton_steps_last=num_newton_steps,
             num_windows=solver_state.num_windows + 1,
+            lyapunov_exponent_last=lyapunov,
+            lyapunov_exponent_max=jnp.fmax(
+                solver_state.lyapunov_exponent_max, lyapunov
+            ),
+            num_unpredictable_windows=solver_state.num_unpredictable_windows
+            + unpredictable.astype(jnp.int32),
         )
         result = _to_diffrax_result(root_sol.result, failed)
         return y1, y_error, dense_info, new_solver_state, result
+
+    def _window_lyapunov_exponent(self, residual, residual_args, states, length):
+        """Estimates the largest Lyapunov exponent over a converged window.
+
+        The blocks `A_k = ∂step_k/∂s` come from `d` colouring JVPs of the stacked
+        residual (whose blocks are `-A_k`), and one scan multiplies them into a unit
+        vector: `λ ≈ log ||A_K ... A_1 v|| / H`. The cost is about one Newton step. A
+        single start vector `v` (all ones, normalised) underestimates `λ` only when it
+        is orthogonal to the most expanding direction.
+        """
+        structure = state_structure(states)
+        _, linear_fn = jax.linearize(lambda y: residual(y, residual_args), states)
+        lower, _ = recover_blocks(linear_fn, structure, unit_diagonal=True)
+        # The first block `A_1` is the derivative with respect to `y0`, which the
+        # stacked residual treats as data: one more JVP gives it.
+        size = structure.state_size
+        first_start = ravel_states(
+            jtu.tree_map(lambda leaf: leaf[None], residual_args[2]),
+            state_structure(jtu.tree_map(lambda leaf: leaf[None], residual_args[2])),
+        )[0]
+        start = jnp.ones(size, first_start.dtype) / jnp.sqrt(size)
+        first = self._first_step_product(residual, residual_args, states, start)
+        offsets = jnp.zeros((structure.num_steps, size), first.dtype).at[0].set(first)
+        products = affine_recurrence(-lower, offsets)
+        growth = jnp.log(jnp.linalg.norm(products[-1]))
+        return growth / jnp.abs(length)
+
+    def _first_step_product(self, residual, residual_args, states, vector):
+        terms, ts, y0, args = residual_args
+        flat_y0, unravel = jax.flatten_util.ravel_pytree(y0)
+
+        def first_end(flat):
+            ends, _, _, _ = self._micro_steps(
+                terms,
+                ts[:2],
+                jtu.tree_map(lambda leaf: leaf[None], unravel(flat)),
+                args,
+            )
+            return jax.flatten_util.ravel_pytree(jtu.tree_map(lambda e: e[0], ends))[0]
+
+        return jax.jvp(first_end, (flat_y0,), (vector.astype(flat_y0.dtype),))[1]
 
     def _initial_guess(self, y0: PyTree, window: Int[Array, ""]) -> PyTree:
         """The warm start of this window, or the window's initial state everywhere."""
