@@ -161,10 +161,12 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
     [`ParallelNewtonState`][] (`SaveAt(solver_state=True)`), and per window by
     [`num_newton_steps_per_window`][] (`SaveAt(dense=True)`).
 
-    **Tolerances.** The default root finder, `DEER()`, stops when the stacked residual
-    `r` satisfies `max|r / (atol + rtol |y|)| < 1` with `rtol = atol = 100 eps` of the
-    state's dtype. With the polishing step that follows (`polish=True`), the result
-    equals the sequential solve to round-off whatever the step size controller. To use an adaptive controller's tolerances instead, pass
+    **Tolerances.** The default root finder, `DEER(recover_nonfinite=True)`, stops when
+    the stacked residual `r` satisfies `max|r / (atol + rtol |y|)| < 1` with
+    `rtol = atol = eps ** 0.75` of the state's dtype. With the polishing step that
+    follows (`polish=True`), the result equals the sequential solve to round-off
+    whatever the step size controller. To use an adaptive controller's tolerances
+    instead, pass
     `root_finder=diffrax.with_stepsize_controller_tols(diffrax_parallel.DEER)()`.
     (A default cannot do both: diffrax 0.7.2 raises an error when a constant step size
     controller meets a root finder that expects the controller's tolerances.)
@@ -202,7 +204,9 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
             which supports both forward- and reverse-mode differentiation.
         - `num_micro_steps`: the number `K >= 1` of equal micro-steps per window.
         - `root_finder`: an `optimistix.AbstractRootFinder` for the stacked window
-            system, for example `diffrax_parallel.DEER()` (the default), `QuasiDEER()`,
+            system, for example `diffrax_parallel.DEER(recover_nonfinite=True)` (the
+            default, Newton's method that falls back to clipped diagonal steps when an
+            iterate overflows), `DEER()`, `QuasiDEER()`,
             `ELK()` or `optimistix.Newton(rtol=..., atol=...)`.
         - `adjoint`: the `optimistix.AbstractAdjoint` that differentiates the root
             find. Defaults to `diffrax_parallel.ImplicitScanAdjoint()`: the implicit

@@ -159,7 +159,8 @@ def _diagonal_part(operator: BlockBidiagonalOperator) -> BlockBidiagonalOperator
 BlockBidiagonalRichardson.__init__.__doc__ = """**Arguments:**
 
 - `rtol`, `atol`: the iteration stops when `norm(b - M x) <= atol + rtol norm(b)`.
-    Both default to `100 eps` of the dtype.
+    Both default to `100 eps` of the dtype, a test on the linear residual, which
+    (unlike the nonlinear one) has no rounding floor above a few `eps`.
 - `norm`: the norm of the residual (default `optimistix.max_norm`).
 - `max_steps`: the maximum number of corrections; defaults to `T + 1`, enough for an
     exact answer when the diagonal blocks are the identity.
