@@ -6,6 +6,7 @@ from ._diagnostics import (
     estimate_lyapunov_exponent_from_solution as estimate_lyapunov_exponent_from_solution,
 )
 from ._diffrax import (
+    DefaultRootFinder as DefaultRootFinder,
     lyapunov_exponent_per_window as lyapunov_exponent_per_window,
     micro_steps as micro_steps,
     num_newton_steps_per_window as num_newton_steps_per_window,

@@ -226,15 +226,31 @@ def test_backward_has_no_dense_blocks_at_large_state(num_windows):
     assert dense >= dense_blocks
 
 
+@pytest.mark.parametrize("num_windows", [1, 4])
+def test_default_configuration_has_no_dense_blocks(num_windows):
+    # The default solver at d = 64 > 32: QuasiDEER in the forward pass and the
+    # matrix-free adjoint. No value of the gradient program may hold (K, d, d) numbers;
+    # DEER, which recovers dense blocks, does.
+    num_micro_steps = MEMORY_NUM_STEPS // num_windows
+    dense_blocks = num_micro_steps * MEMORY_SIZE * MEMORY_SIZE
+    default = dp.ParallelNewtonSolver(dfx.Tsit5(), num_micro_steps=num_micro_steps)
+    deer = dp.ParallelNewtonSolver(
+        dfx.Tsit5(), num_micro_steps=num_micro_steps, root_finder=dp.DEER()
+    )
+    assert _largest_array(_gradient_jaxpr(default, num_windows)) < dense_blocks
+    assert _largest_array(_gradient_jaxpr(deer, num_windows)) >= dense_blocks
+
+
 def test_default_memory_independent_of_num_windows():
-    # Default solver (DEER, automatic adjoint) with windows of 500 micro-steps at
-    # d = 64. DEER's forward pass recovers the Jacobian blocks of one window at a time
-    # (d tangents through every Tsit5 stage: 7 K d^2 numbers, more than T d^2 for
-    # T = 2000), and the checkpointed loop over windows recomputes them in the
-    # backward pass. Nothing may keep values for all windows at once: the largest
-    # value must not grow with the number of windows.
+    # DEER with windows of 500 micro-steps at d = 64 recovers the Jacobian blocks of
+    # one window at a time (d tangents through every Tsit5 stage: 7 K d^2 numbers), and
+    # the checkpointed loop over windows recomputes them in the backward pass. Nothing
+    # may keep values for all windows at once: the largest value must not grow with
+    # the number of windows.
     num_micro_steps = MEMORY_NUM_STEPS // 4
-    solver = dp.ParallelNewtonSolver(dfx.Tsit5(), num_micro_steps=num_micro_steps)
+    solver = dp.ParallelNewtonSolver(
+        dfx.Tsit5(), num_micro_steps=num_micro_steps, root_finder=dp.DEER()
+    )
     four = _largest_array(_gradient_jaxpr(solver, num_windows=4))
     eight = _largest_array(_gradient_jaxpr(solver, num_windows=8))
     assert four == eight

@@ -6,6 +6,7 @@ from ._solution import (
     window_states as window_states,
 )
 from ._solver import (
+    DefaultRootFinder as DefaultRootFinder,
     ParallelNewtonSolver as ParallelNewtonSolver,
     ParallelNewtonState as ParallelNewtonState,
 )

@@ -21,7 +21,7 @@ from .._lineax import (
     unit_block_diagonal_tag,
 )
 from .._lyapunov import suggest_num_micro_steps
-from .._optimistix import DEER, ImplicitScanAdjoint
+from .._optimistix import DEER, ImplicitScanAdjoint, QuasiDEER
 from ._base_solvers import configure_base_solver
 from ._custom_types import BoolScalarLike, RealScalarLike
 from ._interpolation import micro_times, WindowInterpolationFactory
@@ -32,10 +32,45 @@ from ._root_find import all_finite, WindowRootFinder
 _EXTRA_NEWTON_STEPS = 32
 
 
+class DefaultRootFinder(optx.AbstractRootFinder):
+    """The default root finder of [`ParallelNewtonSolver`][], chosen by state size.
+
+    For states of at most `max_dense_state_size` numbers per step it is
+    `DEER(recover_nonfinite=True)`: Newton's method, which falls back to clipped
+    diagonal steps when an iterate overflows (a window that contains a spike, say). For
+    larger states it is `QuasiDEER()`, whose diagonal Jacobian keeps memory at O(K d)
+    per window, where DEER's dense blocks take O(K d^2) and recovering them pushes `d`
+    tangents through every stage of the base solver. The choice depends only on shapes,
+    so it is made when the solve is traced.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    norm: Callable[[PyTree], Any] = optx.max_norm
+    max_dense_state_size: int = eqx.field(static=True, default=32)
+
+    def _select(self, y: PyTree) -> optx.AbstractRootFinder:
+        if state_structure(y).state_size <= self.max_dense_state_size:
+            return DEER(self.rtol, self.atol, self.norm, recover_nonfinite=True)
+        return QuasiDEER(self.rtol, self.atol, self.norm)
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        selected = self._select(y)
+        return selected.init(fn, y, args, options, f_struct, aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return self._select(y).step(fn, y, args, options, state, tags)
+
+    def terminate(self, fn, y, args, options, state, tags):
+        return self._select(y).terminate(fn, y, args, options, state, tags)
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        selected = self._select(y)
+        return selected.postprocess(fn, y, aux, args, options, state, tags, result)
+
+
 def _default_root_finder() -> optx.AbstractRootFinder:
-    # Newton's method that falls back to clipped diagonal steps when an iterate
-    # overflows (a window that contains a spike, say), with tolerances from the dtype.
-    return DEER(recover_nonfinite=True)
+    return DefaultRootFinder()
 
 
 def _default_adjoint() -> optx.AbstractAdjoint:
@@ -161,7 +196,8 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
     [`ParallelNewtonState`][] (`SaveAt(solver_state=True)`), and per window by
     [`num_newton_steps_per_window`][] (`SaveAt(dense=True)`).
 
-    **Tolerances.** The default root finder, `DEER(recover_nonfinite=True)`, stops when
+    **Tolerances.** The default root finder (`DEER(recover_nonfinite=True)`, or
+    `QuasiDEER()` for states of more than 32 numbers) stops when
     the stacked residual `r` satisfies `max|r / (atol + rtol |y|)| < 1` with
     `rtol = atol = eps ** 0.75` of the state's dtype. With the polishing step that
     follows (`polish=True`), the result equals the sequential solve to round-off
@@ -204,9 +240,10 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
             which supports both forward- and reverse-mode differentiation.
         - `num_micro_steps`: the number `K >= 1` of equal micro-steps per window.
         - `root_finder`: an `optimistix.AbstractRootFinder` for the stacked window
-            system, for example `diffrax_parallel.DEER(recover_nonfinite=True)` (the
-            default, Newton's method that falls back to clipped diagonal steps when an
-            iterate overflows), `DEER()`, `QuasiDEER()`,
+            system. The default, [`DefaultRootFinder`][], is
+            `DEER(recover_nonfinite=True)` (Newton's method that falls back to clipped
+            diagonal steps when an iterate overflows) for states of at most 32 numbers
+            and `QuasiDEER()` for larger ones. Others: `DEER()`, `QuasiDEER()`,
             `ELK()` or `optimistix.Newton(rtol=..., atol=...)`.
         - `adjoint`: the `optimistix.AbstractAdjoint` that differentiates the root
             find. Defaults to `diffrax_parallel.ImplicitScanAdjoint()`: the implicit
