@@ -3,7 +3,10 @@ from ._colouring import (
     recover_blocks as recover_blocks,
 )
 from ._operator import BlockBidiagonalOperator as BlockBidiagonalOperator
-from ._richardson import BlockBidiagonalRichardson as BlockBidiagonalRichardson
+from ._richardson import (
+    BlockBidiagonalRichardson as BlockBidiagonalRichardson,
+    diagonal_part as diagonal_part,
+)
 from ._scan import affine_recurrence as affine_recurrence, ScanMode as ScanMode
 from ._solver import (
     as_block_bidiagonal_operator as as_block_bidiagonal_operator,

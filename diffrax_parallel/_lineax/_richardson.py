@@ -56,7 +56,7 @@ class BlockBidiagonalRichardson(lx.AbstractLinearSolver[_RichardsonState]):
     ) -> _RichardsonState:
         del options
         if isinstance(operator, BlockBidiagonalOperator):
-            return _RichardsonState(operator, _diagonal_part(operator))
+            return _RichardsonState(operator, diagonal_part(operator))
         tags = getattr(operator, "tags", frozenset())
         upper = upper_block_bidiagonal_tag in tags
         if not (upper or lower_block_bidiagonal_tag in tags):
@@ -140,8 +140,8 @@ class BlockBidiagonalRichardson(lx.AbstractLinearSolver[_RichardsonState]):
         return True
 
 
-def _diagonal_part(operator: BlockBidiagonalOperator) -> BlockBidiagonalOperator:
-    """The operator with every block replaced by its diagonal."""
+def diagonal_part(operator: BlockBidiagonalOperator) -> BlockBidiagonalOperator:
+    """Returns the operator with every block replaced by its diagonal."""
 
     def diagonal_of(blocks):
         if blocks is None or blocks.ndim == 2:

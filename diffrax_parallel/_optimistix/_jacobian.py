@@ -10,6 +10,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._lineax import (
     BlockBidiagonalOperator,
+    diagonal_part,
     ravel_states,
     recover_block_diagonals,
     recover_blocks,
@@ -111,13 +112,6 @@ def stabilised_jacobian(jacobian: BlockBidiagonalOperator) -> BlockBidiagonalOpe
     For identity diagonal blocks, the transitions `Ã_t = -diag(L_t)` then satisfy
     `|Ã_t| <= 1`, so no product of them grows and the scan cannot overflow.
     """
-
-    def diagonal_of(blocks):
-        if blocks is None or blocks.ndim == 2:
-            return blocks
-        return jnp.diagonal(blocks, axis1=1, axis2=2)
-
-    lower = jnp.clip(diagonal_of(jacobian.lower_blocks), -1, 1)
-    return BlockBidiagonalOperator(
-        lower, diagonal_of(jacobian.diagonal_blocks), jacobian.structure
-    )
+    diagonal = diagonal_part(jacobian)
+    lower = jnp.clip(diagonal.lower_blocks, -1, 1)
+    return BlockBidiagonalOperator(lower, diagonal.diagonal_blocks, jacobian.structure)
