@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optimistix as optx
 import pytest
 
 import diffrax_parallel as dp
@@ -273,9 +274,8 @@ def _count_equations(jaxpr) -> int:
 def test_gradient_memory_independent_of_newton_steps():
     # The implicit adjoint differentiates the root, not the Newton iterations, so the
     # gradient program is the same whatever the iteration limit. Differentiating
-    # through the iterations would store iterates per step instead.
-    # TODO: add a control that fails: with optimistix.RecursiveCheckpointAdjoint the
-    # largest value is the same for 4 and 400 steps, so it cannot serve as one.
+    # through the iterations stores iterates per step instead: with one checkpoint per
+    # iteration its largest value grows with the limit, which the control checks.
     num_micro_steps = 200
 
     def jaxpr(max_newton_steps, adjoint=None):
@@ -291,6 +291,12 @@ def test_gradient_memory_independent_of_newton_steps():
     few, many = jaxpr(4), jaxpr(400)
     assert _largest_array(few) == _largest_array(many)
     assert _count_equations(few) == _count_equations(many)
+
+    through_iterations = [
+        _largest_array(jaxpr(n, optx.RecursiveCheckpointAdjoint(checkpoints=n)))
+        for n in (4, 400)
+    ]
+    assert through_iterations[1] > through_iterations[0]
 
 
 # ---- Warm starts ----------------------------------------------------------------------
