@@ -86,8 +86,8 @@ class BlockBidiagonalRichardson(lx.AbstractLinearSolver[_RichardsonState]):
         operator, preconditioner = state.operator, state.preconditioner
         structure = preconditioner.structure
         eps = float(jnp.finfo(structure.dtype).eps)
-        rtol = 100 * eps if self.rtol is None else self.rtol
-        atol = 100 * eps if self.atol is None else self.atol
+        rtol = eps if self.rtol is None else self.rtol
+        atol = eps if self.atol is None else self.atol
         # Nilpotency bounds the number of corrections by T; one more allows rounding.
         max_steps = (
             structure.num_steps + 1 if self.max_steps is None else self.max_steps
@@ -117,6 +117,15 @@ class BlockBidiagonalRichardson(lx.AbstractLinearSolver[_RichardsonState]):
         )
         x, residual, num_steps = lax.while_loop(cond_fun, body_fun, init)
         converged = self.norm(residual) <= tolerance
+        # With diagonal (or identity) diagonal blocks, `T + 1` corrections are exact up
+        # to rounding whatever the residual test says, because `I - P^{-1} M` is
+        # nilpotent of order `T`.
+        exact = self.max_steps is None and (
+            preconditioner.diagonal_blocks is None
+            or preconditioner.diagonal_blocks.ndim == 2
+        )
+        if exact:
+            converged = converged | (num_steps >= max_steps)
         result = lx.RESULTS.where(
             converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached
         )
@@ -159,8 +168,10 @@ def diagonal_part(operator: BlockBidiagonalOperator) -> BlockBidiagonalOperator:
 BlockBidiagonalRichardson.__init__.__doc__ = """**Arguments:**
 
 - `rtol`, `atol`: the iteration stops when `norm(b - M x) <= atol + rtol norm(b)`.
-    Both default to `100 eps` of the dtype, a test on the linear residual, which
-    (unlike the nonlinear one) has no rounding floor above a few `eps`.
+    Both default to `eps` of the dtype. Rounding may keep the residual above that, but
+    then the iteration stops after `T + 1` corrections, which are exact up to rounding
+    (with the default `max_steps`), and reports success. A looser tolerance of
+    `100 eps` left gradient errors of 3.5e-4 in float32 at d = 64.
 - `norm`: the norm of the residual (default `optimistix.max_norm`).
 - `max_steps`: the maximum number of corrections; defaults to `T + 1`, enough for an
     exact answer when the diagonal blocks are the identity.
