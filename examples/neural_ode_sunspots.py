@@ -95,7 +95,7 @@ def _solve(model, solver, ts, dt0):
         dt0=dt0,
         y0=model.latent0,
         args=model.field,
-        # The dense output holds the micro-step states that warm-start the next step.
+        # The dense output contains the micro-step states that warm-start the next step.
         saveat=dfx.SaveAt(ts=ts, dense=parallel, solver_state=parallel),
         stepsize_controller=dfx.ConstantStepSize(),
         # A sequential step is one micro-step, a parallel step one window.

@@ -53,12 +53,13 @@ import jax
 # count and the agreement with `lax.scan` long before the dynamics do.
 jax.config.update("jax_enable_x64", True)
 
-import diffrax_parallel as dp
 import jax.numpy as jnp
 import jax.random as jr
 import matplotlib
 import numpy as np
 from jax import lax
+
+import diffrax_parallel as dp
 
 
 matplotlib.use("Agg")

@@ -1,14 +1,15 @@
 import math
 
-import diffrax_parallel as dp
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from diffrax_parallel._diagnostics import estimate_lyapunov_exponent_from_solution
 from jax import lax
+
+import diffrax_parallel as dp
+from diffrax_parallel._diagnostics import estimate_lyapunov_exponent_from_solution
 
 from .helpers import tree_allclose
 

@@ -9,7 +9,6 @@ import math
 from typing import Any
 
 import diffrax as dfx
-import diffrax_parallel as dp
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,8 @@ import jax.random as jr
 import numpy as np
 import optimistix as optx
 import pytest
+
+import diffrax_parallel as dp
 from diffrax_parallel._diffrax import (
     micro_steps,
     num_newton_steps_per_window,

@@ -9,6 +9,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from diffrax_parallel._optimistix._kalman import (
     kalman_smoother,
     levenberg_marquardt_step,

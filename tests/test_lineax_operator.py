@@ -1,10 +1,11 @@
-import diffrax_parallel as dp
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import numpy as np
 import pytest
+
+import diffrax_parallel as dp
 from diffrax_parallel._lineax import (
     recover_block_diagonals,
     recover_blocks,

@@ -1,6 +1,5 @@
 import functools as ft
 
-import diffrax_parallel as dp
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,6 +7,8 @@ import jax.random as jr
 import lineax as lx
 import numpy as np
 import pytest
+
+import diffrax_parallel as dp
 
 from .helpers import max_relative_error
 

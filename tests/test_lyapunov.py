@@ -6,13 +6,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from jax import lax
+
 from diffrax_parallel._lyapunov import (
     estimate_lyapunov_exponent,
     estimate_lyapunov_exponent_from_jacobians,
     is_predictable,
     suggest_num_micro_steps,
 )
-from jax import lax
 
 
 # --------------------------------------------------------------------------------------

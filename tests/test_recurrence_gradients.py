@@ -1,8 +1,9 @@
-import diffrax_parallel as dp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import diffrax_parallel as dp
 
 from .helpers import max_relative_error
 from .problems import gru_problem, scan_reference, tanh_rnn_problem

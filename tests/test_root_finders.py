@@ -1,4 +1,3 @@
-import diffrax_parallel as dp
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -6,6 +5,8 @@ import jax.random as jr
 import numpy as np
 import optimistix as optx
 import pytest
+
+import diffrax_parallel as dp
 
 from .helpers import max_relative_error
 from .problems import (

@@ -1,8 +1,9 @@
-import diffrax_parallel as dp
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 import pytest
+
+import diffrax_parallel as dp
 
 from .helpers import max_relative_error
 from .problems import (

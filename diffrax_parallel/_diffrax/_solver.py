@@ -15,7 +15,6 @@ from jaxtyping import Array, Bool, Int, PyTree, Real
 
 from .._lineax import (
     affine_recurrence,
-    ravel_states,
     recover_blocks,
     state_structure,
     unit_block_diagonal_tag,
@@ -537,11 +536,7 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         # The first block `A_1` is the derivative with respect to `y0`, which the
         # stacked residual treats as data: one more JVP gives it.
         size = structure.state_size
-        first_start = ravel_states(
-            jtu.tree_map(lambda leaf: leaf[None], residual_args[2]),
-            state_structure(jtu.tree_map(lambda leaf: leaf[None], residual_args[2])),
-        )[0]
-        start = jnp.ones(size, first_start.dtype) / jnp.sqrt(size)
+        start = jnp.ones(size, structure.dtype) / jnp.sqrt(size)
         first = self._first_step_product(residual, residual_args, states, start)
         offsets = jnp.zeros((structure.num_steps, size), first.dtype).at[0].set(first)
         products = affine_recurrence(-lower, offsets)
@@ -564,7 +559,7 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         return jax.jvp(first_end, (flat_y0,), (vector.astype(flat_y0.dtype),))[1]
 
     def _initial_guess(self, y0: PyTree, window: Int[Array, ""]) -> PyTree:
-        """The warm start of this window, or the window's initial state everywhere."""
+        """Returns the warm start of this window, or its initial state everywhere."""
         constant = jtu.tree_map(
             lambda leaf: jnp.broadcast_to(leaf, (self.num_micro_steps,) + leaf.shape),
             y0,

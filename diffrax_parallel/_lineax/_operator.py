@@ -193,9 +193,9 @@ def _diagonal_mv(diagonal_blocks: Array | None, x: Array, *, transpose: bool) ->
     return _block_mv(diagonal_blocks, x)
 
 
-# Lineax queries. Each answer is "known to hold": `False` means "not known", which makes
+# Lineax queries. Each `True` means "known to hold": `False` means "not known", which makes
 # `lineax.AutoLinearSolver` fall back to a general solver, whereas a wrong `True` would
-# make it pick a solver that returns a wrong answer.
+# make it pick a solver that returns a wrong solution.
 
 
 def _single_leaf(operator: BlockBidiagonalOperator) -> bool:

@@ -118,7 +118,7 @@ class BlockBidiagonalRichardson(lx.AbstractLinearSolver[_RichardsonState]):
         x, residual, num_steps = lax.while_loop(cond_fun, body_fun, init)
         converged = self.norm(residual) <= tolerance
         # With diagonal (or identity) diagonal blocks, `T + 1` corrections are exact up
-        # to rounding whatever the residual test says, because `I - P^{-1} M` is
+        # to rounding whatever the residual test reports, because `I - P^{-1} M` is
         # nilpotent of order `T`.
         exact = self.max_steps is None and (
             preconditioner.diagonal_blocks is None
@@ -174,6 +174,6 @@ BlockBidiagonalRichardson.__init__.__doc__ = """**Arguments:**
     `100 eps` left gradient errors of 3.5e-4 in float32 at d = 64.
 - `norm`: the norm of the residual (default `optimistix.max_norm`).
 - `max_steps`: the maximum number of corrections; defaults to `T + 1`, enough for an
-    exact answer when the diagonal blocks are the identity.
+    exact solution when the diagonal blocks are the identity.
 - `mode`: the scan mode of the preconditioner solves, as for `BlockBidiagonal`.
 """

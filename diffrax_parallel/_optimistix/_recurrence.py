@@ -127,11 +127,12 @@ def solve_recurrence(
     y0 = jtu.tree_map(jnp.asarray, y0)
     if solver is None:
         solver = DEER(recover_nonfinite=True)
+    constant_guess = jtu.tree_map(
+        lambda leaf: jnp.repeat(leaf[None], length, axis=0), y0
+    )
     if y_guess is None:
-        y_guess = jtu.tree_map(lambda leaf: jnp.repeat(leaf[None], length, axis=0), y0)
-    elif jax.eval_shape(lambda: y_guess) != jax.eval_shape(
-        lambda: jtu.tree_map(lambda leaf: jnp.repeat(leaf[None], length, axis=0), y0)
-    ):
+        y_guess = constant_guess
+    elif jax.eval_shape(lambda: y_guess) != jax.eval_shape(lambda: constant_guess):
         raise ValueError(
             "`y_guess` must be `y0` stacked `T` times (same structure, leading axis of "
             f"length {length}, same dtypes); got {jax.eval_shape(lambda: y_guess)}."

@@ -1,4 +1,4 @@
-"""Failure codes with messages that say what to change."""
+"""Failure codes whose messages name the remedy."""
 
 import optimistix as optx
 
@@ -31,7 +31,7 @@ def promote_root_find_result(result: optx.RESULTS) -> RESULTS:
     """Converts an `optimistix.RESULTS` of our root finders into our `RESULTS`.
 
     Maximum steps, non-finite iterates (DEER and its variants) and divergence (the stall
-    of a trust region) become the messages above, which say what to change.
+    of a trust region) become the messages above, which name the remedy.
     """
     promoted = RESULTS.promote(result)
     promoted = RESULTS.where(
