@@ -266,9 +266,11 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
             solve, as returned by [`window_states`][], with leaves of shape
             `(num_windows, num_micro_steps, ...)`. Window `i` starts its Newton
             iteration from entry `i` (the previous trajectory of a training step, for
-            example). Windows beyond its length, and entries that are not finite (the
-            padding after the last window), start from the window's initial state at
-            every micro-step, the default.
+            example) when that entry's residual is no larger than that of the
+            default start, the window's initial state at every micro-step. Comparing
+            them costs two parallel evaluations of the micro-steps per window.
+            Windows beyond its length, and entries that are not finite (the padding
+            after the last window), take the default start.
         - `estimate_lyapunov`: whether to estimate the largest Lyapunov exponent of
             every accepted window (about the cost of one more Newton step per window),
             reported in the solver state and per window by
@@ -453,12 +455,15 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
             ends, _, _, _ = self._micro_steps(_terms, _ts, starts, _args)
             return jtu.tree_map(jnp.subtract, states, ends)
 
-        y_guess = self._initial_guess(y0, solver_state.num_windows)
+        residual_args = (terms, ts, y0, args)
+        y_guess = self._initial_guess(
+            y0, solver_state.num_windows, residual, residual_args
+        )
         root_sol = optx.root_find(
             residual,
             WindowRootFinder(self.root_finder, self.polish),
             y_guess,
-            (terms, ts, y0, args),
+            residual_args,
             adjoint=self.adjoint,
             throw=False,
             max_steps=self.max_newton_steps,
@@ -558,8 +563,21 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
 
         return jax.jvp(first_end, (flat_y0,), (vector.astype(flat_y0.dtype),))[1]
 
-    def _initial_guess(self, y0: PyTree, window: Int[Array, ""]) -> PyTree:
-        """Returns the warm start of this window, or its initial state everywhere."""
+    def _initial_guess(
+        self,
+        y0: PyTree,
+        window: Int[Array, ""],
+        residual: Callable[[PyTree, PyTree], PyTree],
+        residual_args: PyTree,
+    ) -> PyTree:
+        """Returns the starting point of this window's root find.
+
+        Without a usable warm start it is the window's initial state at every
+        micro-step. With one, it is the warm start unless that constant has a smaller
+        residual in the max norm, so a stale guess does not replace a better default.
+        (On an equilibrium, for example, the constant is exact, while the trajectory
+        of the previous parameters is not.)
+        """
         constant = jtu.tree_map(
             lambda leaf: jnp.broadcast_to(leaf, (self.num_micro_steps,) + leaf.shape),
             y0,
@@ -582,10 +600,22 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         guess = jtu.tree_map(
             lambda leaf: jax.lax.stop_gradient(leaf[index]), self.initial_guess
         )
-        usable = (window < num_guesses) & all_finite(guess)
-        return jtu.tree_map(
-            lambda a, b: jnp.where(usable, a.astype(b.dtype), b), guess, constant
+        guess = jtu.tree_map(lambda a, b: a.astype(b.dtype), guess, constant)
+        # The choice is discrete, so no gradient flows through these evaluations.
+        residual_args = jtu.tree_map(
+            lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x,
+            residual_args,
         )
+
+        def residual_size(states):
+            size = optx.max_norm(residual(states, residual_args))
+            return jnp.where(jnp.isfinite(size), size, jnp.inf)
+
+        usable = (window < num_guesses) & all_finite(guess)
+        # Two more parallel evaluations of the micro-steps, cheaper than the Newton
+        # steps that a worse start costs.
+        prefer_guess = usable & (residual_size(guess) <= residual_size(constant))
+        return jtu.tree_map(lambda a, b: jnp.where(prefer_guess, a, b), guess, constant)
 
     @staticmethod
     def _window_error(
