@@ -9,8 +9,8 @@ The first 200 years of data (1700-1899) are cut into 4 segments of 50 years, and
 segment has its own learnt initial latent state. One trajectory from a single initial
 state cannot follow the cycle for 200 years, because its length wanders between about
 9 and 14 years: a least-squares fit of one period and its first harmonic leaves 71% of
-the variance of those 200 years unexplained. The 4 segments are one vmapped batch of initial states through
-one `diffeqsolve`.
+the variance of those 200 years unexplained. The 4 segments are one vmapped batch of
+initial states through one `diffeqsolve`.
 
 The vector field, `A`, the read-out and the initial states are trained with Adam three
 times from the same initial parameters:
