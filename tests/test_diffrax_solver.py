@@ -827,3 +827,28 @@ def test_micro_steps_needs_dense_output():
         micro_steps(sol)
     with pytest.raises(ValueError, match="dense=True"):
         num_newton_steps_per_window(sol)
+
+
+@pytest.mark.parametrize(
+    "guess,error,match",
+    [
+        (jnp.zeros((2, 4, 3)), ValueError, "structure of `y0`"),
+        (jnp.zeros((2, 5, 2)), ValueError, "structure of `y0`"),
+        (jnp.zeros((4, 2)), ValueError, "structure of `y0`"),
+        ((jnp.zeros((2, 4, 2)), jnp.zeros((2, 4, 2))), ValueError, "structure"),
+        (jnp.zeros((0, 4, 2)), ValueError, "at least one window"),
+        ([[0.0, 0.0]] * 4, TypeError, "PyTree of arrays"),
+    ],
+)
+def test_invalid_initial_guess(guess, error, match):
+    solver = ParallelNewtonSolver(dfx.Tsit5(), num_micro_steps=4, initial_guess=guess)
+    with pytest.raises(error, match=match):
+        dfx.diffeqsolve(
+            dfx.ODETerm(lambda t, y, args: -y),
+            solver,
+            t0=0.0,
+            t1=1.0,
+            dt0=0.5,
+            y0=jnp.ones(2),
+            stepsize_controller=dfx.ConstantStepSize(),
+        )

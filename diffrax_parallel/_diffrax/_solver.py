@@ -585,6 +585,12 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
         if self.initial_guess is None:
             return constant
         guess_leaves = jtu.tree_leaves(self.initial_guess)
+        if not all(eqx.is_array(leaf) for leaf in guess_leaves):
+            types = sorted({type(leaf).__name__ for leaf in guess_leaves})
+            raise TypeError(
+                "`initial_guess` must be a PyTree of arrays, as returned by "
+                f"`window_states`; got leaves of types {types}."
+            )
         expected = [(self.num_micro_steps,) + jnp.shape(x) for x in jtu.tree_leaves(y0)]
         if len(guess_leaves) != len(expected) or any(
             g.shape[1:] != e for g, e in zip(guess_leaves, expected)
@@ -596,6 +602,11 @@ class ParallelNewtonSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractImplicitSolve
                 f"{[e[1:] for e in expected]} and {self.num_micro_steps} micro-steps."
             )
         num_guesses = guess_leaves[0].shape[0]
+        if num_guesses == 0:
+            raise ValueError(
+                "`initial_guess` must contain at least one window; got leaf shapes "
+                f"{[g.shape for g in guess_leaves]}. Pass `None` for no warm start."
+            )
         index = jnp.minimum(window, num_guesses - 1)
         guess = jtu.tree_map(
             lambda leaf: jax.lax.stop_gradient(leaf[index]), self.initial_guess
