@@ -249,8 +249,12 @@ def compare_at_same_parameters(run, make_solver, ts, data, dt0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-steps", type=int, default=400, help="training steps")
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--print-every", type=int, default=25, help="steps per line")
+    parser.add_argument(
+        "--learning-rate", type=float, default=1e-2, help="Adam's learning rate"
+    )
+    parser.add_argument(
+        "--print-every", type=int, default=25, help="training steps per table row"
+    )
     parser.add_argument(
         "--output",
         default="results/neural_ode_sunspots.png",
@@ -258,7 +262,10 @@ def main():
     )
     args = parser.parse_args()
     if args.num_steps < 2:
+        # The first step includes compilation, so timing needs a second one.
         parser.error(f"--num-steps must be at least 2, got {args.num_steps}")
+    if args.print_every < 1:
+        parser.error(f"--print-every must be at least 1, got {args.print_every}")
 
     calendar_years, values = load_sunspots()
     # Years since the start of each segment: every segment has the same time grid.
