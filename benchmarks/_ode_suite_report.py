@@ -50,7 +50,7 @@ def markdown_report(rows, arguments, total_seconds: float) -> str:
         "ParallelNewtonSolver: `windows x K` = W diffrax steps (windows) of K micro-steps; "
         f"at most {arguments.max_newton_steps} Newton iterations per window; "
         "`iterations` is the total over accepted windows; the root finders' default "
-        "tolerances (100 eps)",
+        "tolerances (tol = eps^0.75)",
         "GRU: `lax.scan` is the sequential baseline and `solve_recurrence` the parallel "
         "method, over the whole sequence",
         "x diffeqsolve, x lax.scan: run time divided by that of the sequential method",
@@ -58,8 +58,8 @@ def markdown_report(rows, arguments, total_seconds: float) -> str:
         "from Dopri8 at rtol = atol = 1e-12 in float64 (GRU: float64 lax.scan)",
         "err. vs seq.: the same against the sequential solution (diffeqsolve, GRU: "
         "lax.scan) in the same dtype; a converged method must be within max(10 err. "
-        "vs ref. of the sequential solution, sqrt(eps), min(T 100 eps, 0.1)), where "
-        "100 eps is the root finders' tolerance per step",
+        "vs ref. of the sequential solution, sqrt(eps), min(T tol, 0.1)), where tol "
+        "is the root finders' tolerance per step",
         f"total wall time of this run: {total_seconds:.0f} s",
     ]
     sections = [

@@ -46,6 +46,7 @@ import numpy as np
 from jax import lax
 
 import diffrax_parallel as dp
+from diffrax_parallel._optimistix import default_tolerance
 
 
 NUM_CHECKPOINTS = 100
@@ -349,14 +350,14 @@ def _unpack(case: Case, method: str, output) -> dict[str, Any]:
 def allowed_difference(case: Case, sequential_error: float) -> float:
     """Returns the largest allowed relative difference to the sequential solution.
 
-    A root finder stops once every step's residual is below its default tolerance,
-    100 eps relative, so on a map that does not expand the errors of T steps add up to
-    at most T 100 eps. That bound is capped at 0.1, because a trajectory further than
-    10% from the sequential one is wrong whatever the cause. A wrong solution from a
-    defect differs by the size of the solution.
+    A root finder stops once every step's residual is below its default tolerance
+    `tol = eps^0.75` (relative), so on a map that does not expand the errors of T steps
+    add up to at most T tol. That bound is capped at 0.1, because a trajectory further
+    than 10% from the sequential one is wrong whatever the cause. A wrong solution from
+    a defect differs by the size of the solution.
     """
     eps = float(jnp.finfo(case.dtype).eps)
-    accumulated = min(case.num_steps * 100 * eps, 0.1)
+    accumulated = min(case.num_steps * default_tolerance(case.dtype), 0.1)
     return max(10 * sequential_error, eps**0.5, accumulated)
 
 

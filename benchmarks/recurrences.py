@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import diffrax_parallel as dp
+from diffrax_parallel._optimistix import default_tolerance
 
 
 ROOT_FINDERS = {
@@ -181,16 +182,17 @@ def main():
         all_num_steps = [1000, 10_000]
     else:
         all_num_steps = [1000, 10_000, 100_000]
-    eps = float(jnp.finfo(jnp.dtype(arguments.dtype)).eps)
+    step_tolerance = default_tolerance(jnp.dtype(arguments.dtype))
     wrong = _common.WrongAnswers()
     rows = []
     for size in arguments.sizes:
         for num_steps in all_num_steps:
-            # The root finders stop once every step's residual is below 100 eps
-            # (relative), so the state errors of T steps add up to at most T 100 eps,
-            # and much less where the cell contracts. That bound is capped at 0.1: a
-            # sequence further than 10% from the scan is wrong whatever the cause.
-            tolerance = min(num_steps * 100 * eps, 0.1)
+            # The root finders stop once every step's residual is below their
+            # default tolerance `tol` (relative), so the state errors of T steps add
+            # up to at most T tol, and much less where the cell contracts. That bound
+            # is capped at 0.1: a sequence further than 10% from the scan is wrong
+            # whatever the cause.
+            tolerance = min(num_steps * step_tolerance, 0.1)
             rows.extend(benchmark_size(size, num_steps, arguments, tolerance, wrong))
     columns = [
         "d",
@@ -208,11 +210,11 @@ def main():
     notes = [
         f"GRU cell, input size = hidden size = d, recurrent weights of scale "
         f"{_problems.GRU_RECURRENT_SCALE}/sqrt(d), h_0 = 0, normal random inputs",
-        f"root finders: default tolerances (100 eps), at most {arguments.max_steps} "
-        "iterations, initial guess h_0 at every step",
+        f"root finders: default tolerances (tol = eps^0.75 = {step_tolerance:.1e}), "
+        f"at most {arguments.max_steps} iterations, initial guess h_0 at every step",
         "rel. error: max |h - h_scan| / max(1, max |h_scan|) against the lax.scan "
-        "states; a converged solve must be within min(T 100 eps, 0.1), where 100 eps "
-        "is the root finders' tolerance per step",
+        "states; a converged solve must be within min(T tol, 0.1), where tol is the "
+        "root finders' tolerance per step",
         "x lax.scan: run time divided by the run time of lax.scan at the same d and T",
     ]
     text = (
