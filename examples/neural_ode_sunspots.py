@@ -21,10 +21,14 @@ times from the same initial parameters:
 2. with the same solver and no warm start;
 3. with sequential `diffrax.Tsit5()` on the same micro-grid.
 
-All three compute the same losses and gradients up to round-off, so the loss curves
-must agree step by step (the script fails otherwise). It prints the losses side by
-side, the time per training step after compilation and the number of Newton steps,
-and saves a plot of the data, the fits and the loss curves.
+At the same parameters the parallel and sequential solves give the same losses and
+gradients up to round-off. The script recomputes every step of both parallel runs
+with sequential Tsit5 and fails if a loss or gradient differs by more than 1e-8
+relative. The independent training runs follow the same loss curve until training has
+amplified the round-off differences between the two programs (about 175 steps here);
+after that they differ by a few percent. The script prints the losses side by side,
+the time per training step after compilation and the number of Newton steps, and
+saves a plot of the data, the fits and the loss curves.
 
 Data: the yearly mean sunspot numbers 1700-2008 shipped with statsmodels
 (`statsmodels.datasets.sunspots`, column `SUNACTIVITY`), loaded offline.
@@ -225,25 +229,28 @@ def _relative_difference(x, reference) -> float:
 def compare_at_same_parameters(run, make_solver, ts, data, dt0):
     """Recompute every step of `run` with another solver at the same parameters.
 
-    Returns the largest relative differences of the losses and of the gradients.
+    Returns the other solver's losses, and the largest relative differences of the
+    losses and of the gradients.
     """
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(_loss, has_aux=True))
     guesses = jnp.full(
         (NUM_SEGMENTS, 1, NUM_MICRO_STEPS, LATENT_SIZE), jnp.inf, dtype=jnp.float64
     )
-    loss_difference = gradient_difference = 0.0
-    for model, loss, grads in zip(run.models, run.losses, run.grads):
+    reference_losses = []
+    gradient_difference = 0.0
+    for model, grads in zip(run.models, run.grads):
         (reference_loss, _), reference_grads = value_and_grad(
             model, make_solver, guesses, ts, data, dt0
         )
-        reference_loss = float(reference_loss)
-        loss_difference = max(
-            loss_difference, abs(loss - reference_loss) / abs(reference_loss)
-        )
+        reference_losses.append(float(reference_loss))
         gradient_difference = max(
             gradient_difference, _relative_difference(grads, reference_grads)
         )
-    return loss_difference, gradient_difference
+    reference_losses = np.array(reference_losses)
+    loss_difference = float(
+        np.max(np.abs(run.losses - reference_losses) / np.abs(reference_losses))
+    )
+    return reference_losses, loss_difference, gradient_difference
 
 
 def main():
@@ -317,29 +324,39 @@ def report(runs, same_parameters, args, calendar_years, values):
         f"years (one window per segment), Adam (learning rate {args.learning_rate}), "
         f"{args.num_steps} steps, float64\n"
     )
-    print("| step | loss (parallel) | loss (sequential) | relative difference |")
-    print("|---:|---:|---:|---:|")
+    reference_losses = same_parameters["parallel, warm start"][0]
+    print(
+        "| step | loss, parallel run | sequential loss at the same parameters | "
+        "relative difference | loss, sequential run |"
+    )
+    print("|---:|---:|---:|---:|---:|")
     for step in list(range(0, args.num_steps, args.print_every)) + [args.num_steps - 1]:
-        difference = abs(warm.losses[step] - sequential.losses[step])
-        difference /= sequential.losses[step]
+        difference = abs(warm.losses[step] - reference_losses[step])
+        difference /= reference_losses[step]
         print(
-            f"| {step} | {warm.losses[step]:.10f} | {sequential.losses[step]:.10f} | "
-            f"{difference:.1e} |"
+            f"| {step} | {warm.losses[step]:.10f} | {reference_losses[step]:.10f} | "
+            f"{difference:.1e} | {sequential.losses[step]:.10f} |"
         )
 
     print("\nat the same parameters, every step, against sequential Tsit5:")
-    for name, (loss_difference, gradient_difference) in same_parameters.items():
+    for name, (_, loss_difference, gradient_difference) in same_parameters.items():
         print(
             f"  {name}: losses differ by at most {loss_difference:.1e} relative, "
             f"gradients by {gradient_difference:.1e}"
         )
     differences = np.abs(warm.losses - sequential.losses) / sequential.losses
     apart = np.flatnonzero(differences > SAME_PARAMETERS_RTOL)
+    if apart.size == 0:
+        agreement = f"agree to {SAME_PARAMETERS_RTOL:.0e} relative at every step"
+    else:
+        agreement = (
+            f"agree to {SAME_PARAMETERS_RTOL:.0e} relative before step {apart[0]}, "
+            f"then differ by up to {np.max(differences):.1e}"
+        )
     print(
         "independent training runs (parallel with warm start, sequential): losses "
-        f"agree to {SAME_PARAMETERS_RTOL:.0e} relative up to step "
-        f"{apart[0] - 1 if apart.size else args.num_steps - 1}; final losses "
-        f"{warm.losses[-1]:.4f} and {sequential.losses[-1]:.4f}"
+        f"{agreement}; final losses {warm.losses[-1]:.4f} and "
+        f"{sequential.losses[-1]:.4f}"
     )
     print("time per training step after compilation (value, gradient, Adam update):")
     print(f"  parallel, warm start: {warm.seconds_per_step * 1e3:.1f} ms")
@@ -363,7 +380,7 @@ def report(runs, same_parameters, args, calendar_years, values):
         warm.losses,
         sequential.losses,
     )
-    worst = max(max(differences) for differences in same_parameters.values())
+    worst = max(max(loss, gradient) for _, loss, gradient in same_parameters.values())
     if worst >= SAME_PARAMETERS_RTOL:
         raise SystemExit(
             f"At the same parameters, the parallel and sequential losses or gradients "
