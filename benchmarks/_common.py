@@ -141,16 +141,23 @@ def _load_average() -> str:
     return f"{one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min)"
 
 
+# Every script imports this module before it measures anything, so these describe the
+# start of the run; `header` is called at its end.
+_START_DATE = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+_START_LOAD_AVERAGE = _load_average()
+
+
 def header(command: str, dtypes: Sequence[str], notes: Sequence[str] = ()) -> str:
     """Returns a Markdown header describing the run: command, machine, versions, dtype."""
     devices = ", ".join(f"{d.platform}:{d.device_kind}" for d in jax.devices())
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     lines = [
         f"- command: `{command}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"- started: {_START_DATE}; finished: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         f"- machine: {platform.platform()}, {platform.machine()}, "
         f"{os.cpu_count()} logical CPUs, processor '{_processor_name()}'",
-        f"- load average at start: {_load_average()}",
+        f"- load average at start: {_START_LOAD_AVERAGE}; at the end, with this "
+        f"run's own load: {_load_average()}",
         f"- devices: {devices}",
         f"- Python {platform.python_version()}; {versions}",
         f"- dtype: {', '.join(dtypes)}",
