@@ -142,7 +142,7 @@ def _load_average() -> str:
 
 
 # Every script imports this module before it measures anything, so these describe the
-# start of the run; `header` is called at its end.
+# start of the run. `header` runs at its end.
 _START_DATE = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 _START_LOAD_AVERAGE = _load_average()
 
