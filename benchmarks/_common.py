@@ -11,6 +11,7 @@ Timing rules, the same in every script:
     the program runs, so that oversized programs are skipped instead of run.
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -271,6 +272,53 @@ class WrongAnswers:
             for message in self.messages:
                 log(f"  {message}")
             sys.exit(1)
+
+
+def add_measurement_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    repeats: int,
+    max_seconds: float,
+    max_memory: bool = True,
+) -> None:
+    """Add the options for repeated timing, the memory limit and the output folder."""
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="maximum timed calls per method"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=max_seconds,
+        help="stop repeating a method once its timed calls exceed this many seconds",
+    )
+    if max_memory:
+        parser.add_argument(
+            "--max-memory-gb",
+            type=float,
+            default=6.0,
+            help="skip programs whose XLA memory analysis exceeds this many GiB",
+        )
+    parser.add_argument("--output-dir", default="results/benchmarks")
+
+
+def write_report(
+    title: str,
+    dtypes: Sequence[str],
+    notes: Sequence[str],
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    path: str,
+) -> None:
+    """Print a Markdown report (title, run header, table) and write it to `path`."""
+    text = (
+        f"{title}\n\n"
+        + header(command_line(), dtypes, notes)
+        + "\n\n"
+        + markdown_table(columns, rows)
+        + "\n"
+    )
+    print(text)
+    write_text(path, text)
 
 
 def write_text(path: str, text: str) -> None:

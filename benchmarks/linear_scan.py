@@ -83,22 +83,7 @@ def parse_arguments():
         "--num-steps", type=int, nargs="+", help="override the list of T"
     )
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    parser.add_argument(
-        "--repeats", type=int, default=10, help="maximum timed calls per method"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=3.0,
-        help="stop repeating a method once its timed calls exceed this many seconds",
-    )
-    parser.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=6.0,
-        help="skip programs whose XLA memory analysis exceeds this many GiB",
-    )
-    parser.add_argument("--output-dir", default="results/benchmarks")
+    _common.add_measurement_arguments(parser, repeats=10, max_seconds=3.0)
     return parser.parse_args()
 
 
@@ -176,15 +161,14 @@ def main():
         f"agreement required: max |x - x_scan| / max(1, max |x_scan|) <= {tolerance:.1e}",
         "x lax.scan: run time divided by the run time of lax.scan at the same d and T",
     ]
-    text = (
-        "## Linear recurrences\n\n"
-        + _common.header(_common.command_line(), [arguments.dtype], notes)
-        + "\n\n"
-        + _common.markdown_table(columns, rows)
-        + "\n"
+    _common.write_report(
+        "## Linear recurrences",
+        [arguments.dtype],
+        notes,
+        columns,
+        rows,
+        os.path.join(arguments.output_dir, "linear_scan.md"),
     )
-    print(text)
-    _common.write_text(os.path.join(arguments.output_dir, "linear_scan.md"), text)
     wrong.exit_if_any()
 
 

@@ -30,16 +30,13 @@ import statistics
 import time
 
 from _common import (
-    command_line,
     compiled_memory_bytes,
     enable_float64,
     format_mib,
     format_seconds,
-    header,
     log,
-    markdown_table,
     measure,
-    write_text,
+    write_report,
     WrongAnswers,
 )
 
@@ -223,15 +220,14 @@ def main():
         f"parameters perturbed by {PERTURBATION:g} x N(0, 1); warm = started from the "
         "trajectory at the unperturbed parameters",
     ]
-    report = "\n\n".join(
-        [
-            "# Neural ODE training step: parallel against sequential",
-            header(command_line(), ["float64"], notes),
-            markdown_table(columns, rows),
-        ]
+    write_report(
+        "# Neural ODE training step: parallel against sequential",
+        ["float64"],
+        notes,
+        columns,
+        rows,
+        os.path.join(args.output_dir, "neural_ode_training.md"),
     )
-    print(report)
-    write_text(os.path.join(args.output_dir, "neural_ode_training.md"), report + "\n")
     wrong.exit_if_any()
 
 

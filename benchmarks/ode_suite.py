@@ -520,21 +520,7 @@ def parse_arguments():
         default=200,
         help="iteration cap per window (ODEs) or per sequence (GRU)",
     )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="maximum timed calls per method"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=2.0,
-        help="stop repeating a method once its timed calls exceed this many seconds",
-    )
-    parser.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=6.0,
-        help="skip programs whose XLA memory analysis exceeds this many GiB",
-    )
+    _common.add_measurement_arguments(parser, repeats=5, max_seconds=2.0)
     parser.add_argument(
         "--max-projected-seconds",
         type=float,
@@ -542,7 +528,6 @@ def parse_arguments():
         help="skip a method at a larger T when its run time at the previous T, "
         "scaled linearly in T, exceeds this many seconds",
     )
-    parser.add_argument("--output-dir", default="results/benchmarks")
     arguments = parser.parse_args()
     defaults = QUICK if arguments.quick else FULL
     for name, value in defaults.items():

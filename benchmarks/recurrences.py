@@ -85,22 +85,7 @@ def parse_arguments():
     parser.add_argument(
         "--max-steps", type=int, default=256, help="iteration cap of every root finder"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=10, help="maximum timed calls per method"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=3.0,
-        help="stop repeating a method once its timed calls exceed this many seconds",
-    )
-    parser.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=6.0,
-        help="skip programs whose XLA memory analysis exceeds this many GiB",
-    )
-    parser.add_argument("--output-dir", default="results/benchmarks")
+    _common.add_measurement_arguments(parser, repeats=10, max_seconds=3.0)
     return parser.parse_args()
 
 
@@ -217,15 +202,14 @@ def main():
         "root finders' tolerance per step",
         "x lax.scan: run time divided by the run time of lax.scan at the same d and T",
     ]
-    text = (
-        "## GRU recurrence\n\n"
-        + _common.header(_common.command_line(), [arguments.dtype], notes)
-        + "\n\n"
-        + _common.markdown_table(columns, rows)
-        + "\n"
+    _common.write_report(
+        "## GRU recurrence",
+        [arguments.dtype],
+        notes,
+        columns,
+        rows,
+        os.path.join(arguments.output_dir, "recurrences.md"),
     )
-    print(text)
-    _common.write_text(os.path.join(arguments.output_dir, "recurrences.md"), text)
     wrong.exit_if_any()
 
 

@@ -113,16 +113,9 @@ def parse_arguments():
     parser.add_argument(
         "--max-steps", type=int, default=1000, help="iteration cap of every root finder"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=10, help="maximum timed calls per method"
+    _common.add_measurement_arguments(
+        parser, repeats=10, max_seconds=3.0, max_memory=False
     )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=3.0,
-        help="stop repeating a method once its timed calls exceed this many seconds",
-    )
-    parser.add_argument("--output-dir", default="results/benchmarks")
     return parser.parse_args()
 
 
@@ -218,15 +211,14 @@ def main():
         f"same step map; a converged solve must be within {tolerance:.1e}. For a "
         "failed solve it is the error of the last finite iterate.",
     ]
-    text = (
-        "## Trust region against Newton\n\n"
-        + _common.header(_common.command_line(), [arguments.dtype], notes)
-        + "\n\n"
-        + _common.markdown_table(columns, rows)
-        + "\n"
+    _common.write_report(
+        "## Trust region against Newton",
+        [arguments.dtype],
+        notes,
+        columns,
+        rows,
+        os.path.join(arguments.output_dir, "trust_region.md"),
     )
-    print(text)
-    _common.write_text(os.path.join(arguments.output_dir, "trust_region.md"), text)
     wrong.exit_if_any()
 
 
