@@ -152,6 +152,17 @@ def _loss(model, make_solver, guesses, ts, data, dt0):
     return loss, (predictions, states, jnp.sum(num_newton))
 
 
+def _no_warm_start() -> jax.Array:
+    """Return window states of `inf` for every segment, which the solver ignores.
+
+    The dtype is explicit because a weakly typed guess would recompile on the second
+    training step.
+    """
+    return jnp.full(
+        (NUM_SEGMENTS, 1, NUM_MICRO_STEPS, LATENT_SIZE), jnp.inf, dtype=jnp.float64
+    )
+
+
 @eqx.filter_jit
 def train_step(model, opt_state, make_solver, guesses, ts, data, dt0, optimiser):
     """Take one Adam step.
@@ -187,10 +198,7 @@ def train(model, make_solver, warm_start, ts, data, dt0, num_steps, learning_rat
     """
     optimiser = optax.adam(learning_rate)
     opt_state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
-    # An explicit dtype: a weakly typed guess would recompile on the second step.
-    guesses = jnp.full(
-        (NUM_SEGMENTS, 1, NUM_MICRO_STEPS, LATENT_SIZE), jnp.inf, dtype=jnp.float64
-    )
+    guesses = _no_warm_start()
     losses, newton_steps, models, all_grads = [], [], [], []
     start = time.perf_counter()
     for step in range(num_steps):
@@ -233,9 +241,7 @@ def compare_at_same_parameters(run, make_solver, ts, data, dt0):
     losses and of the gradients.
     """
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(_loss, has_aux=True))
-    guesses = jnp.full(
-        (NUM_SEGMENTS, 1, NUM_MICRO_STEPS, LATENT_SIZE), jnp.inf, dtype=jnp.float64
-    )
+    guesses = _no_warm_start()
     reference_losses = []
     gradient_difference = 0.0
     for model, grads in zip(run.models, run.grads):
