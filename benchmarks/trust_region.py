@@ -181,9 +181,9 @@ def main():
     else:
         modes = list(MODES)
     dtype = jnp.dtype(arguments.dtype)
-    # Loose on purpose: Lorenz-63 amplifies the residual left by the root finder (its
-    # default tolerance eps^0.75 per step, 1.8e-12 in float64) by up to
-    # exp(0.9 * 8) ~ 1e3 over 800 steps, while a wrong trajectory differs by the size
+    # Loose on purpose. The root finder leaves a residual of up to its default
+    # tolerance, eps^0.75 per step (1.8e-12 in float64), and Lorenz-63 amplifies it by
+    # up to exp(0.9 * 8) ~ 1e3 over 800 steps. A wrong trajectory differs by the size
     # of the attractor.
     tolerance = float(jnp.sqrt(jnp.finfo(dtype).eps))
     wrong = _common.WrongAnswers()
